@@ -1,0 +1,192 @@
+"""Configuration: one YAML file, loaded and validated here, used by the CLI and workflows.
+
+Validation has two stages: the schema (types, unknown keys, ranges; pydantic) and
+semantic checks (feature names exist, windows lie in the fit range, detectors exist and
+accept their parameters). Every problem is reported with its dotted location and value.
+All masses are in GeV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .exceptions import ConfigError
+from .features import FEATURE_COLUMNS
+
+__all__ = ["Config", "load_config", "config_from_dict", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InjectConfig(_Strict):
+    path: str
+    n_events: int = Field(ge=0)
+    format: Literal["auto", "lhco-features", "lhco-raw", "root"] = "auto"
+
+
+class DataConfig(_Strict):
+    path: str | None = None
+    format: Literal["auto", "lhco-features", "lhco-raw", "root"] = "auto"
+    key: str = "df"
+    tree: str | None = None
+    chunk_size: int = Field(default=100_000, gt=0)
+    strict: bool = False
+    inject: InjectConfig | None = None
+
+
+class RegionsConfig(_Strict):
+    signal_region: tuple[float, float] = (3300.0, 3700.0)
+    sideband_width: float | None = Field(default=None, gt=0)
+    scan_centers: list[float] = Field(default_factory=list)
+
+    @field_validator("signal_region")
+    @classmethod
+    def _ordered(cls, v):
+        if v[0] >= v[1]:
+            raise ValueError(f"low edge {v[0]} must be below high edge {v[1]}")
+        return v
+
+
+class FitConfig(_Strict):
+    range: tuple[float, float] = (2800.0, 6000.0)
+    bin_width: float = Field(default=100.0, gt=0)
+    n_params: list[Literal[3, 4, 5]] = Field(default_factory=lambda: [3, 4, 5])
+    ftest_alpha: float = Field(default=0.05, gt=0, lt=1)
+
+
+class StatsConfig(_Strict):
+    selections: list[float] = Field(default_factory=lambda: [0.1, 0.01, 0.002])
+    cl: float = Field(default=0.95, gt=0.5, lt=1)
+
+    @field_validator("selections")
+    @classmethod
+    def _fractions(cls, v):
+        bad = [x for x in v if not 0 < x <= 1]
+        if bad:
+            raise ValueError(f"selection efficiencies must lie in (0, 1], got {bad}")
+        return sorted(set(v), reverse=True)
+
+
+class DetectorConfig(_Strict):
+    enabled: bool = True
+    folds: int = Field(default=5, ge=2)
+    features: list[str] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ComputeConfig(_Strict):
+    scheduler: str | None = None
+    n_workers: int | None = Field(default=None, gt=0)
+    threads_per_worker: int = Field(default=1, gt=0)
+    processes: bool = True
+    gpu: bool = False
+    retries: int = Field(default=2, ge=0)
+
+
+class Config(_Strict):
+    seed: int = 42
+    features: list[str] = Field(default_factory=lambda: ["mj1", "delta_mj", "tau21_j1", "tau21_j2"])
+    data: DataConfig = Field(default_factory=DataConfig)
+    regions: RegionsConfig = Field(default_factory=RegionsConfig)
+    fit: FitConfig = Field(default_factory=FitConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    detectors: dict[str, DetectorConfig] = Field(
+        default_factory=lambda: {"cwola": DetectorConfig(params={"model": "hgb", "n_ensemble": 5})}
+    )
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    @model_validator(mode="after")
+    def _semantics(self):
+        problems = []
+        for where, feats in [("features", self.features)] + [
+            (f"detectors.{n}.features", d.features) for n, d in self.detectors.items() if d.features
+        ]:
+            unknown = [f for f in feats if f not in FEATURE_COLUMNS]
+            if unknown:
+                problems.append(f"{where}: unknown feature(s) {unknown}; choose from {FEATURE_COLUMNS}")
+            if "mjj" in feats:
+                problems.append(f"{where}: mjj cannot be a detector input (it defines the regions)")
+        lo, hi = self.fit.range
+        if lo >= hi:
+            problems.append(f"fit.range: low edge {lo} must be below high edge {hi}")
+        width = self.regions.signal_region[1] - self.regions.signal_region[0]
+        for name, (a, b) in [("regions.signal_region", self.regions.signal_region)] + [
+            (f"regions.scan_centers={c:g}", (c - width / 2, c + width / 2)) for c in self.regions.scan_centers
+        ]:
+            if a < lo or b > hi:
+                problems.append(f"{name}: window {a:g}-{b:g} GeV lies outside fit.range {lo:g}-{hi:g} GeV")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def enabled_detectors(self) -> dict[str, DetectorConfig]:
+        return {n: d for n, d in self.detectors.items() if d.enabled}
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    items = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        items.append(f"{loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden"
+                                          and not isinstance(err.get("input"), dict) else ""))
+    return f"{source}: invalid configuration: " + "; ".join(items)
+
+
+def config_from_dict(raw: dict, source: str = "config") -> Config:
+    """Validate a mapping (as read from YAML) into a :class:`Config`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    from detectors.base import make_detector
+
+    for name, det in cfg.detectors.items():
+        try:
+            make_detector(name, det.params)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Load, merge ``overrides`` (nested dict) into, and validate a YAML config."""
+    if path is None and not DEFAULT_CONFIG.exists():  # installed without the repository
+        return config_from_dict(_merge({}, overrides or {}), "built-in defaults")
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found; pass --config with an existing YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+    if overrides:
+        raw = _merge(raw, overrides)
+    return config_from_dict(raw, str(path))
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out

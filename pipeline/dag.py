@@ -1,0 +1,421 @@
+"""Turn a validated config into a graph of nodes and run it (in-process or on Dask).
+
+Nodes (one function each, module level so they pickle):
+
+``load``     read the data (and optional injected signal) -> canonical table (Parquet)
+``train``    one per (window, detector, fold): fit on the other folds, score the rest
+``merge``    one per (window, detector): calibrate fold scores into one score per event
+``stats``    one per (window, detector or ``none``): selections -> fit -> pyhf
+``report``   collect everything -> results.json, plots
+
+Nodes exchange file paths and plain dicts, never models or clients. Every node writes
+its output atomically under ``cache_dir`` with a key made from its inputs and
+settings; a re-run finds the file and skips the work, which makes runs resumable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .cache import atomic_path, cache_key, file_hash, write_json
+from .config import Config
+from .exceptions import RegionError
+from .regions import Window, assign_folds, check_window_counts, make_windows
+
+__all__ = ["Node", "Ref", "Graph", "build_search_graph", "run_graph", "demo_data_path"]
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever node outputs change meaning, so stale caches are not reused.
+NODE_VERSION = 1
+
+
+def demo_data_path() -> Path:
+    """The demo dataset shipped with sideband (LHC Olympics feature layout)."""
+    return Path(__file__).resolve().parent / "data" / "demo_events.h5"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Placeholder for another node's output in a node's arguments."""
+
+    key: str
+
+
+@dataclass
+class Node:
+    key: str
+    func: Callable
+    args: tuple = ()
+    kind: str = "misc"
+    resources: dict | None = None
+
+
+@dataclass
+class Graph:
+    nodes: list[Node] = field(default_factory=list)
+    final: str = ""
+
+    def add(self, node: Node) -> Ref:
+        self.nodes.append(node)
+        return Ref(node.key)
+
+
+# ----------------------------------------------------------------------------- helpers
+def limit_threads(n: int) -> None:
+    """Cap torch, OpenMP and BLAS threads in this worker (avoids oversubscription)."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover
+        pass
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _window(d: dict) -> Window:
+    return Window(*d["sr"], *d["sb"])
+
+
+def _read_table(path: str) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+# ----------------------------------------------------------------------------- nodes
+def load_node(data_cfg: dict, cache_dir: str, seed: int) -> dict:
+    """Read data (plus injected signal) into one canonical table; returns its path."""
+    from .io import load_events
+
+    path = data_cfg["path"] or str(demo_data_path())
+    ev_cache = Path(cache_dir) / "events"
+    events, source = load_events(path, data_cfg["format"], cache_dir=ev_cache, key=data_cfg["key"],
+                                 tree=data_cfg["tree"], chunk_size=data_cfg["chunk_size"],
+                                 strict=data_cfg["strict"])
+    sources = [source.to_dict()]
+    inj = data_cfg.get("inject")
+    n_injected = 0
+    if inj and inj["n_events"] > 0:
+        sig, sig_source = load_events(inj["path"], inj["format"], cache_dir=ev_cache, key=data_cfg["key"],
+                                      tree=data_cfg["tree"], chunk_size=data_cfg["chunk_size"],
+                                      strict=data_cfg["strict"])
+        if inj["n_events"] > len(sig):
+            from .exceptions import InputFileError
+
+            raise InputFileError(
+                f"{inj['path']}: asked to inject {inj['n_events']} events but the file holds "
+                f"{len(sig)}; lower data.inject.n_events"
+            )
+        rng = np.random.default_rng([seed, 7])
+        pick = np.sort(rng.choice(len(sig), size=inj["n_events"], replace=False))
+        sig = sig.iloc[pick].copy()
+        if "label" not in sig:
+            sig["label"] = np.float32(1.0)
+        if "label" not in events:
+            events = events.assign(label=np.float32(0.0))
+        events = pd.concat([events, sig], ignore_index=True)
+        n_injected = len(sig)
+        sources.append(sig_source.to_dict() | {"injected": n_injected})
+    key = cache_key("load", NODE_VERSION, [s["content_hash"] for s in sources], n_injected, seed)
+    target = Path(cache_dir) / f"table-{key}.parquet"
+    if not target.exists():
+        with atomic_path(target, ".parquet") as tmp:
+            events.to_parquet(tmp, index=False)
+    return {"events_path": str(target), "sources": sources, "n_events": len(events),
+            "n_injected": n_injected}
+
+
+def train_node(loaded: dict, window: dict, detector: str, params: dict, features: list[str],
+               fold: int, n_folds: int, seed: int, threads: int, out: str) -> str:
+    """Fit ``detector`` on the window's events outside ``fold``; score every other event.
+
+    Writes ``scores`` (NaN for the training events) and the held-out mask to ``out``.
+    """
+    if Path(out).exists():
+        return out
+    from detectors.base import make_detector
+
+    limit_threads(threads)
+    t0 = time.perf_counter()
+    events = _read_table(loaded["events_path"])
+    w = _window(window)
+    m = events["mjj"].to_numpy()
+    X = events[features].to_numpy(np.float32)
+    in_win = w.in_window(m)
+    win_idx = np.flatnonzero(in_win)
+    folds = assign_folds(w.in_sr(m[win_idx]), n_folds, seed)
+    train = win_idx[folds != fold]
+    held = win_idx[folds == fold]
+    det = make_detector(detector, params, random_state=int(cache_key(seed, fold, window["name"])[:7], 16))
+    det.fit(X[train], m[train], signal_region=(w.sr_lo, w.sr_hi))
+    scores = np.full(len(events), np.nan, dtype=np.float64)
+    scorable = np.ones(len(events), dtype=bool)
+    scorable[train] = False
+    scores[scorable] = det.score(X[scorable])
+    heldout = np.zeros(len(events), dtype=bool)
+    heldout[held] = True
+    history = getattr(getattr(det, "classifier_", None), "history_", [])
+    with atomic_path(out, ".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, scores=scores, heldout=heldout, train=~scorable,
+                     wall_s=time.perf_counter() - t0, history=json.dumps(history))
+    return out
+
+
+def merge_node(loaded: dict, fold_outputs: list[str], out: str) -> str:
+    """Combine fold scores into one calibrated score per event.
+
+    Each fold model's scores are mapped through its own CDF on its held-out window
+    events (so models are comparable); window events get their held-out model's value,
+    events outside every training set the mean over fold models.
+    """
+    if Path(out).exists():
+        return out
+    n = loaded["n_events"]
+    sums, counts = np.zeros(n), np.zeros(n)
+    held_value = np.full(n, np.nan)
+    owner = np.full(n, -1)
+    wall = 0.0
+    for i, path in enumerate(fold_outputs):
+        with np.load(path) as z:
+            scores, heldout, train = z["scores"], z["heldout"], z["train"]
+            wall += float(z["wall_s"])
+        if np.any(owner[heldout] >= 0):
+            raise RuntimeError("an event is held out by two folds; fold bookkeeping is broken")
+        owner[heldout] = i
+        ref = np.sort(scores[heldout])
+        cdf = np.searchsorted(ref, scores, side="right") / max(len(ref), 1)
+        held_value[heldout] = cdf[heldout]
+        outside = ~train & ~heldout
+        sums[outside] += cdf[outside]
+        counts[outside] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out_scores = np.where(owner >= 0, held_value, sums / counts)
+    with atomic_path(out, ".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, scores=out_scores, owner=owner, wall_s=wall)
+    return out
+
+
+def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: str, fit_cfg: dict,
+               stats_cfg: dict, out: str) -> dict:
+    """Selections -> dijet fit outside the SR -> predicted SR background -> pyhf."""
+    if Path(out).exists():
+        return json.loads(Path(out).read_text())
+    from .stats import discovery_and_limit, fit_dijet_ftest, make_edges
+
+    events = _read_table(loaded["events_path"])
+    m = events["mjj"].to_numpy()
+    w = _window(window)
+    lo, hi = fit_cfg["range"]
+    in_fit = (m >= lo) & (m < hi)
+    edges = make_edges((lo, hi), fit_cfg["bin_width"], (w.sr_lo, w.sr_hi))
+    sr_bins = (edges[:-1] >= w.sr_lo) & (edges[1:] <= w.sr_hi)
+    truth = events["label"].to_numpy() if "label" in events else None
+    if scores_path is None:
+        scores = np.ones(len(m))
+        selections = [1.0]
+        wall = 0.0
+    else:
+        with np.load(scores_path) as z:
+            scores, wall = z["scores"], float(z["wall_s"])
+        selections = stats_cfg["selections"]
+    rows, spectra = [], []
+    for eff in selections:
+        if eff >= 1.0:
+            passed = in_fit
+        else:
+            thr = np.quantile(scores[in_fit], 1.0 - eff)
+            passed = in_fit & (scores > thr)
+        counts, _ = np.histogram(m[passed], edges)
+        row: dict[str, Any] = {
+            "window": w.name, "sr": [w.sr_lo, w.sr_hi], "detector": detector,
+            "selection": float(eff), "n_selected": int(passed.sum()),
+            "n_observed_sr": int(counts[sr_bins].sum()),
+        }
+        if truth is not None:
+            in_sr = w.in_sr(m)
+            row["n_signal_sr_truth"] = int(np.sum(passed & in_sr & (truth > 0.5)))
+        try:
+            fit = fit_dijet_ftest(edges, counts, ~sr_bins, tuple(fit_cfg["n_params"]), fit_cfg["ftest_alpha"])
+            b, sb = fit.predict(sr_bins)
+            sig = discovery_and_limit(row["n_observed_sr"], b, sb, stats_cfg["cl"])
+            row.update({"n_expected_sr": b, "n_expected_sr_unc": sb, "z_local": sig.z_local, "p0": sig.p0,
+                        "upper_limit": sig.upper_limit, "upper_limit_expected": sig.upper_limit_expected,
+                        "fit": fit.summary(), "status": sig.status if fit.converged else "fit not converged"})
+            expected = fit.expected.tolist()
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            row.update({"n_expected_sr": None, "n_expected_sr_unc": None, "z_local": None, "p0": None,
+                        "upper_limit": None, "upper_limit_expected": None, "fit": None,
+                        "status": f"fit failed: {exc}"})
+            expected = None
+        rows.append(row)
+        spectra.append({"edges": edges.tolist(), "counts": counts.tolist(), "expected": expected,
+                        "sr_bins": sr_bins.tolist()})
+    result = {"rows": rows, "spectra": spectra,
+              "timing": {"window": w.name, "detector": detector, "train_wall_s": wall}}
+    write_json(out, result)
+    return result
+
+
+def report_node(stats_outputs: list[dict], loaded: dict, meta: dict, out_dir: str) -> str:
+    """Collect rows, write ``results.json`` and the spectrum plots."""
+    from .report import plot_spectra, write_results
+
+    rows = [r for s in stats_outputs for r in s["rows"]]
+    plots = plot_spectra(stats_outputs, Path(out_dir) / "plots")
+    # Wall times vary run to run; they live beside results.json so that file is reproducible.
+    write_json(Path(out_dir) / "timing.json", [s["timing"] for s in stats_outputs])
+    return str(write_results(Path(out_dir), rows, meta | {"inputs": loaded["sources"],
+                                                           "n_events": loaded["n_events"],
+                                                           "n_injected": loaded["n_injected"],
+                                                           "plots": plots}))
+
+
+# ----------------------------------------------------------------------------- graph
+def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path | None = None,
+                       meta: dict | None = None) -> tuple[Graph, list[Window]]:
+    """The search graph for ``cfg``: load -> train (per fold) -> merge -> stats -> report."""
+    out_dir = Path(out_dir)
+    cache = Path(cache_dir) if cache_dir else out_dir / "cache"
+    data = cfg.data.model_dump(mode="json")
+    data_id = _data_identity(data)
+    windows = make_windows(cfg.regions.signal_region, cfg.fit.range, cfg.regions.sideband_width,
+                           cfg.regions.scan_centers)
+    g = Graph()
+    loaded = g.add(Node(f"load-{cache_key(data_id, cfg.seed)}", load_node, (data, str(cache), cfg.seed), "load"))
+    fit_cfg = cfg.fit.model_dump(mode="json")
+    stats_cfg = cfg.stats.model_dump(mode="json")
+    gpu = {"GPU": 1} if cfg.compute.gpu else None
+    stats_refs = []
+    for w in windows:
+        wd = w.to_dict()
+        skey = cache_key(NODE_VERSION, data_id, cfg.seed, wd, fit_cfg, stats_cfg, "none")
+        stats_refs.append(g.add(Node(f"stats-none-{w.name}-{skey}", stats_node,
+                                     (loaded, None, wd, "none", fit_cfg, stats_cfg,
+                                      str(cache / f"stats-{skey}.json")), "stats")))
+        for name, det in cfg.enabled_detectors().items():
+            feats = det.features or cfg.features
+            tkey = cache_key(NODE_VERSION, data_id, cfg.seed, wd, name, det.params, feats, det.folds)
+            fold_refs = []
+            for k in range(det.folds):
+                fold_refs.append(g.add(Node(
+                    f"train-{name}-{w.name}-f{k}-{tkey}", train_node,
+                    (loaded, wd, name, det.params, feats, k, det.folds, cfg.seed,
+                     cfg.compute.threads_per_worker, str(cache / f"train-{tkey}-f{k}.npz")),
+                    "train", gpu)))
+            merged = g.add(Node(f"merge-{name}-{w.name}-{tkey}", merge_node,
+                                (loaded, fold_refs, str(cache / f"scores-{tkey}.npz")), "merge"))
+            skey = cache_key(tkey, fit_cfg, stats_cfg)
+            stats_refs.append(g.add(Node(f"stats-{name}-{w.name}-{skey}", stats_node,
+                                         (loaded, merged, wd, name, fit_cfg, stats_cfg,
+                                          str(cache / f"stats-{skey}.json")), "stats")))
+    meta = dict(meta or {})
+    meta.setdefault("config", cfg.to_dict())
+    meta.setdefault("windows", [w.to_dict() for w in windows])
+    report = g.add(Node("report", report_node, (stats_refs, loaded, meta, str(out_dir)), "report"))
+    g.final = report.key
+    return g, windows
+
+
+def _data_identity(data: dict) -> dict:
+    """What identifies the input: content hashes, not paths (a moved file still hits the cache)."""
+    path = data["path"] or str(demo_data_path())
+    ident = {k: v for k, v in data.items() if k not in ("path", "chunk_size", "inject")}
+    ident["hash"] = file_hash(path) if Path(path).exists() else path
+    if data.get("inject"):
+        inj = data["inject"]
+        ident["inject"] = {"hash": file_hash(inj["path"]) if Path(inj["path"]).exists() else inj["path"],
+                           "n": inj["n_events"], "format": inj["format"]}
+    return ident
+
+
+def _resolve(obj: Any, results: dict) -> Any:
+    if isinstance(obj, Ref):
+        return results[obj.key]
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_resolve(o, results) for o in obj)
+    return obj
+
+
+def run_graph(graph: Graph, compute: dict | None = None, progress: Callable[[int, int, str], None] | None = None):
+    """Run ``graph``; returns the final node's output.
+
+    ``compute["scheduler"]``: ``"synchronous"`` runs every node in this process, in
+    order; an address (``tcp://host:port`` or a scheduler file) joins an existing Dask
+    cluster; ``None`` starts a :class:`distributed.LocalCluster` sized to the machine.
+    """
+    compute = dict(compute or {})
+    total = len(graph.nodes)
+    if compute.get("scheduler") == "synchronous":
+        results: dict[str, Any] = {}
+        for i, node in enumerate(graph.nodes):
+            results[node.key] = node.func(*_resolve(node.args, results))
+            if progress:
+                progress(i + 1, total, node.key)
+        return results[graph.final]
+    return _run_distributed(graph, compute, progress)
+
+
+def _run_distributed(graph: Graph, compute: dict, progress):
+    from distributed import Client, LocalCluster, as_completed
+
+    sched = compute.get("scheduler")
+    cluster = None
+    threads = int(compute.get("threads_per_worker") or 1)
+    if sched is None:
+        n_workers = compute.get("n_workers") or max(1, (os.cpu_count() or 1) // threads)
+        kwargs: dict[str, Any] = {}
+        if compute.get("gpu"):
+            import torch
+
+            if torch.cuda.is_available():
+                kwargs["resources"] = {"GPU": 1}
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads,
+                               processes=bool(compute.get("processes", True)), dashboard_address=":0",
+                               env={"OMP_NUM_THREADS": str(threads)}, **kwargs) \
+            if compute.get("processes", True) else \
+            LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=False,
+                         dashboard_address=":0", **kwargs)
+        client = Client(cluster)
+    elif sched.endswith(".json"):
+        client = Client(scheduler_file=sched)
+    else:
+        client = Client(sched)
+    try:
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        has_gpu = any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values())
+        if compute.get("gpu") and not has_gpu:
+            log.warning("compute.gpu is true but no Dask worker advertises a GPU; training on CPU")
+        futures: dict[str, Any] = {}
+        retries = int(compute.get("retries", 2))
+        for node in graph.nodes:
+            res = node.resources if (node.resources and has_gpu) else None
+            futures[node.key] = client.submit(node.func, *_resolve(node.args, futures), key=node.key,
+                                              resources=res, pure=False, retries=retries)
+        done = 0
+        for fut in as_completed(list(futures.values())):
+            done += 1
+            if fut.status == "error":
+                fut.result()  # raises the node's exception here
+            if progress:
+                progress(done, len(futures), fut.key)
+        return futures[graph.final].result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.dag import build_search_graph, run_graph
+from pipeline.regions import make_windows
+from workflows.search import run_search
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, small_h5):
+    from pipeline.config import config_from_dict
+
+    cfg = config_from_dict({
+        "seed": 3, "data": {"path": str(small_h5)}, "stats": {"selections": [0.1, 0.02]},
+        "detectors": {"cwola": {"folds": 3, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 30}}}},
+        "compute": {"scheduler": "synchronous"},
+    })
+    out = tmp_path_factory.mktemp("search")
+    return cfg, out, run_search(cfg, out)
+
+
+def test_results_have_one_entry_per_window_detector_selection(searched):
+    cfg, out, res = searched
+    keys = {(r["window"], r["detector"], r["selection"]) for r in res["results"]}
+    assert keys == {("3300-3700", "none", 1.0), ("3300-3700", "cwola", 0.1), ("3300-3700", "cwola", 0.02)}
+    for r in res["results"]:
+        for field in ("window", "detector", "selection", "n_selected", "z_local", "upper_limit"):
+            assert field in r
+    assert res["inputs"][0]["content_hash"] and res["seed"] == 3
+    assert (out / "plots" / "mjj_cwola_3300-3700.png").stat().st_size > 1000
+
+
+def test_selection_keeps_the_requested_fraction(searched):
+    cfg, out, res = searched
+    rows = {(r["detector"], r["selection"]): r for r in res["results"]}
+    n_fit = rows[("none", 1.0)]["n_selected"]
+    assert rows[("cwola", 0.1)]["n_selected"] == pytest.approx(0.1 * n_fit, abs=2)
+    assert rows[("cwola", 0.02)]["n_selected"] == pytest.approx(0.02 * n_fit, abs=2)
+
+
+def test_no_event_is_scored_by_a_model_that_trained_on_it(searched):
+    cfg, out, _ = searched
+    events = pd.read_parquet(next((out / "cache").glob("table-*.parquet")))
+    (w,) = make_windows(cfg.regions.signal_region, cfg.fit.range)
+    in_win = w.in_window(events["mjj"].to_numpy())
+    folds = sorted((out / "cache").glob("train-*-f*.npz"))
+    assert len(folds) == 3
+    seen = np.zeros(len(events), dtype=int)
+    for path in folds:
+        with np.load(path) as z:
+            scores, heldout, train = z["scores"], z["heldout"], z["train"]
+        assert not np.any(train & heldout)
+        assert np.all(np.isnan(scores[train])) and np.all(np.isfinite(scores[~train]))
+        assert not np.any(train & ~in_win)  # trains only on SR + SB
+        seen += heldout
+    np.testing.assert_array_equal(seen, in_win.astype(int))  # every window event held out once
+    with np.load(next((out / "cache").glob("scores-*.npz"))) as z:
+        owner = z["owner"]
+    for i, path in enumerate(folds):
+        with np.load(path) as zf:
+            assert np.all(owner[zf["heldout"]] == i)
+
+
+def test_rerun_resumes_from_cached_nodes(searched, tmp_path):
+    cfg, out, res = searched
+    cache = out / "cache"
+    victim = sorted(cache.glob("train-*-f*.npz"))[1]
+    victim.unlink()
+    for p in cache.glob("scores-*.npz"):
+        p.unlink()
+    for p in cache.glob("stats-*.json"):
+        p.unlink()
+    before = {p: p.stat().st_mtime_ns for p in cache.glob("train-*.npz")}
+    res2 = run_search(cfg, out)
+    after = {p: p.stat().st_mtime_ns for p in cache.glob("train-*.npz")}
+    assert victim in after and all(after[p] == t for p, t in before.items())  # only the victim retrained
+    assert res2["results"] == res["results"]
+
+
+def test_dask_local_cluster_gives_same_results(searched, tmp_path):
+    cfg, out, res = searched
+    dist = cfg.model_copy(update={"compute": cfg.compute.model_copy(
+        update={"scheduler": None, "n_workers": 2, "processes": False})})
+    res2 = run_search(dist, tmp_path / "dist")
+    assert res2["results"] == res["results"]
+
+
+def test_graph_has_one_training_node_per_window_detector_fold(small_h5, fast_config, tmp_path):
+    cfg = fast_config(small_h5, regions={"scan_centers": [3100, 3900]})
+    graph, windows = build_search_graph(cfg, tmp_path)
+    kinds = [n.kind for n in graph.nodes]
+    assert len(windows) == 3
+    assert kinds.count("train") == 3 * 2 and kinds.count("merge") == 3
+    assert kinds.count("stats") == 3 * 2 and kinds.count("report") == 1
+    assert graph.final == "report"
+    assert all(n.resources is None for n in graph.nodes)
+    gpu_cfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"gpu": True})})
+    graph, _ = build_search_graph(gpu_cfg, tmp_path)
+    assert all(n.resources == {"GPU": 1} for n in graph.nodes if n.kind == "train")
+    assert run_graph is not None

@@ -1,0 +1,166 @@
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.exceptions import InputFileError
+from pipeline.features import LHCO_FEATURE_COLUMNS, jets_to_lhco_frame
+from pipeline.io import detect_format, load_events, read_events
+from tests.conftest import lhco_jets, shared_file
+
+
+def _write_features(path, n=400, seed=0, label=True, fmt="fixed"):
+    frame = jets_to_lhco_frame(lhco_jets(n, seed), np.zeros(n) if label else None)
+    frame.to_hdf(path, key="df", mode="w", format=fmt)
+    return frame
+
+
+@pytest.mark.parametrize("fmt", ["fixed", "table"])
+def test_lhco_features_reader_fixed_and_table(tmp_path, fmt):
+    path = tmp_path / "ev.h5"
+    _write_features(path, fmt=fmt)
+    assert detect_format(path) == "lhco-features"
+    events, src = read_events(path, chunk_size=64)  # many chunks
+    whole, _ = read_events(path, chunk_size=10_000)
+    assert len(events) == 400 and src.n_kept == 400
+    pd.testing.assert_frame_equal(events, whole)
+    assert events["mjj"].between(2000, 6000).mean() > 0.5
+    assert "label" in events
+
+
+def test_reader_matches_pandas_on_shipped_demo(demo_frame):
+    from pipeline.dag import demo_data_path
+    from pipeline.features import events_from_jets
+
+    events, _ = read_events(demo_data_path(), chunk_size=7000)
+    expect = events_from_jets({c: demo_frame[c].to_numpy() for c in LHCO_FEATURE_COLUMNS}, demo_frame["label"])
+    pd.testing.assert_frame_equal(events, expect)
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(InputFileError, match="nope.h5: no such file"):
+        read_events(tmp_path / "nope.h5")
+
+
+def test_corrupt_hdf5(tmp_path):
+    path = tmp_path / "bad.h5"
+    _write_features(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])  # truncated
+    with pytest.raises(InputFileError, match="bad.h5"):
+        read_events(path)
+
+
+def test_not_hdf5_or_root(tmp_path):
+    path = tmp_path / "notes.h5"
+    path.write_text("hello")
+    with pytest.raises(InputFileError, match="neither HDF5 nor ROOT"):
+        read_events(path)
+
+
+def test_wrong_key(tmp_path):
+    path = tmp_path / "ev.h5"
+    jets_to_lhco_frame(lhco_jets(50)).to_hdf(path, key="events", mode="w")
+    with pytest.raises(InputFileError, match=r"no key 'df'.*\['events'\]"):
+        read_events(path)
+    assert len(read_events(path, key="events")[0]) == 50
+
+
+def test_missing_columns(tmp_path):
+    path = tmp_path / "ev.h5"
+    frame = jets_to_lhco_frame(lhco_jets(50)).rename(columns={"mj1": "mass_j1"})
+    frame.to_hdf(path, key="df", mode="w")
+    with pytest.raises(InputFileError, match=r"missing \['mj1'\]"):
+        read_events(path)
+
+
+def test_mev_is_detected(tmp_path):
+    path = tmp_path / "mev.h5"
+    frame = jets_to_lhco_frame(lhco_jets(100))
+    for c in frame.columns:
+        if c[:2] in ("px", "py", "pz") or c.startswith("mj"):
+            frame[c] *= 1000.0
+    frame.to_hdf(path, key="df", mode="w")
+    with pytest.raises(InputFileError, match="looks like MeV"):
+        read_events(path)
+
+
+def test_nonfinite_rows_dropped_with_count(tmp_path, caplog):
+    path = tmp_path / "nan.h5"
+    frame = jets_to_lhco_frame(lhco_jets(100))
+    frame.loc[[3, 7], "tau1j1"] = 0.0  # tau21 undefined
+    frame.loc[[3, 7], "mj1"] = 1.0  # make sure jet 1 is the lighter one
+    frame.loc[11, "pxj2"] = np.nan
+    frame.to_hdf(path, key="df", mode="w")
+    with caplog.at_level(logging.WARNING):
+        events, src = read_events(path)
+    assert len(events) == 97 and src.n_nonfinite == 3
+    assert "3 of 100 events have NaN/inf" in caplog.text and "nan.h5" in caplog.text
+    with pytest.raises(InputFileError, match="3 of 100"):
+        read_events(path, strict=True)
+
+
+def test_parquet_cache_keyed_by_content(tmp_path):
+    path = tmp_path / "ev.h5"
+    _write_features(path, n=200, seed=1)
+    cache = tmp_path / "cache"
+    a, sa = load_events(path, cache_dir=cache)
+    files = sorted(cache.glob("*.parquet"))
+    assert len(files) == 1
+    b, sb = load_events(path, cache_dir=cache)  # cache hit
+    pd.testing.assert_frame_equal(a, b)
+    assert sa == sb
+    _write_features(path, n=150, seed=2)  # new content, same name
+    c, _ = load_events(path, cache_dir=cache)
+    assert len(c) == 150 and len(list(cache.glob("*.parquet"))) == 2
+
+
+@pytest.mark.parametrize("layout", ["TTree", "RNTuple"])
+def test_root_flat_jet_branches(tmp_path, layout):
+    uproot = pytest.importorskip("uproot")
+    jets = lhco_jets(300, seed=5)
+    path = tmp_path / "flat.root"
+    branches = {k: v for k, v in jets.items()} | {"label": np.ones(300)}
+    with uproot.recreate(path) as f:
+        if layout == "TTree":
+            f.mktree("events", {k: "float64" for k in branches})
+            f["events"].extend(branches)
+        else:
+            f["events"] = branches
+    h5 = tmp_path / "same.h5"
+    jets_to_lhco_frame(jets, np.ones(300)).to_hdf(h5, key="df", mode="w")
+    events, src = read_events(path, chunk_size=100)
+    assert src.fmt == "root"
+    pd.testing.assert_frame_equal(events, read_events(h5)[0])
+
+
+def test_root_jagged_particles_and_wrong_tree(tmp_path):
+    uproot = pytest.importorskip("uproot")
+    import awkward as ak
+
+    rng = np.random.default_rng(2)
+    pts, etas, phis = [], [], []
+    for _ in range(20):
+        n = 12
+        pts.append(np.r_[rng.uniform(80, 200, n), rng.uniform(80, 200, n)])
+        etas.append(np.r_[rng.normal(0.3, 0.1, n), rng.normal(-0.4, 0.1, n)])
+        phis.append(np.r_[rng.normal(0.0, 0.1, n), rng.normal(3.0, 0.1, n)])
+    path = tmp_path / "parts.root"
+    with uproot.recreate(path) as f:
+        f["Events"] = {"part_pt": ak.Array(pts), "part_eta": ak.Array(etas), "part_phi": ak.Array(phis)}
+    events, src = read_events(path, tree="Events")
+    assert len(events) == 20 and src.fmt == "root"
+    assert (events["pt_j1"] > 500).all()
+    with pytest.raises(InputFileError, match="no TTree 'Delphes'"):
+        read_events(path, tree="Delphes")
+
+
+def test_raw_particles_reproduce_feature_file():
+    raw = shared_file("qcd_particles.h5")
+    ref = shared_file("qcd_particles_features.h5")
+    events, src = read_events(raw, chunk_size=250)
+    expect, _ = read_events(ref)
+    assert src.fmt == "lhco-raw" and src.n_no_dijet == 0
+    n = 1000
+    pd.testing.assert_frame_equal(events.iloc[:n], expect.iloc[:n], rtol=1e-5)

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from pipeline.stats import SQRT_S, discovery_and_limit, fit_dijet, fit_dijet_ftest, make_edges
+
+
+def test_discovery_z_matches_asimov_formula_for_known_background():
+    # With a negligible background uncertainty, q0 gives Z = sqrt(2 (n ln(n/b) - (n - b))).
+    n, b = 10_300, 10_000.0
+    r = discovery_and_limit(n, b, 1e-9)
+    assert r.z_local == pytest.approx(np.sqrt(2 * (n * np.log(n / b) - (n - b))), rel=1e-3)
+    assert r.p0 == pytest.approx(stats.norm.sf(r.z_local), rel=1e-6)
+
+
+def test_cls_limit_gaussian_regime():
+    # n = b, large b: the CLs 95% limit is 1.96 sqrt(b) (CLb = 0.5, CLs+b = 0.025).
+    r = discovery_and_limit(10_000, 10_000.0, 1e-9)
+    assert r.z_local == 0.0
+    assert r.upper_limit == pytest.approx(196.0, rel=0.02)
+    assert r.upper_limit_expected == pytest.approx(196.0, rel=0.02)
+
+
+def test_background_uncertainty_lowers_significance_and_loosens_limit():
+    exact = discovery_and_limit(150, 100.0, 1e-9)
+    fuzzy = discovery_and_limit(150, 100.0, 15.0)
+    assert 0 < fuzzy.z_local < exact.z_local
+    assert fuzzy.upper_limit > exact.upper_limit
+
+
+def test_small_counts_do_not_crash():
+    r = discovery_and_limit(0, 0.0, 0.0)
+    assert r.z_local == 0.0 and np.isfinite(r.upper_limit)
+    assert 2.5 < discovery_and_limit(0, 3.0, 0.5).upper_limit < 4.0  # ~3 events for n = 0
+
+
+def _dijet(m, p):
+    x = m / SQRT_S
+    return np.exp(p[0]) * (1 - x) ** p[1] * x ** -(p[2] + (p[3] if len(p) > 3 else 0) * np.log(x))
+
+
+def _sample_spectrum(params, edges, seed):
+    rng = np.random.default_rng(seed)
+    fine = np.linspace(edges[0], edges[-1], 20001)
+    dens = _dijet(0.5 * (fine[1:] + fine[:-1]), params) * np.diff(fine)
+    expected = np.add.reduceat(dens, np.searchsorted(fine, edges[:-1]))
+    return rng.poisson(expected), expected
+
+
+def test_edges_include_signal_region_bounds():
+    e = make_edges((2800, 6000), 100, (3350, 3650))
+    assert 3350 in e and 3650 in e and e[0] == 2800 and e[-1] == 6000
+    assert np.all(np.diff(e) > 0)
+
+
+def test_dijet_fit_recovers_known_function_and_predicts_sr():
+    edges = make_edges((2800, 6000), 100, (3300, 3700))
+    truth = np.array([np.log(2e-1), 10.0, 6.0])
+    counts, expected = _sample_spectrum(truth, edges, seed=4)
+    sr = (edges[:-1] >= 3300) & (edges[1:] <= 3700)
+    fit = fit_dijet(edges, counts, ~sr, 3)
+    assert fit.converged
+    b, sb = fit.predict(sr)
+    assert abs(b - expected[sr].sum()) < 3 * sb  # prediction within its uncertainty
+    assert stats.chi2.sf(fit.chi2, fit.ndf) > 0.001
+    assert np.abs(fit.pulls[~sr]).max() < 5
+
+
+def test_ftest_keeps_three_parameters_for_three_parameter_truth():
+    edges = make_edges((2800, 6000), 100, (3300, 3700))
+    counts, _ = _sample_spectrum(np.array([np.log(2e-1), 10.0, 6.0]), edges, seed=7)
+    sr = (edges[:-1] >= 3300) & (edges[1:] <= 3700)
+    assert fit_dijet_ftest(edges, counts, ~sr).n_params == 3
+
+
+def test_ftest_adds_a_parameter_when_needed():
+    edges = make_edges((2800, 7000), 100, (3300, 3700))
+    sr = (edges[:-1] >= 3300) & (edges[1:] <= 3700)
+    for seed in (1, 2, 3):
+        counts, _ = _sample_spectrum(np.array([np.log(2e-1), 5.0, 8.0, 1.5]), edges, seed=seed)
+        assert fit_dijet_ftest(edges, counts, ~sr).n_params >= 4
