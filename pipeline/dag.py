@@ -352,7 +352,8 @@ def _resolve(obj: Any, results: dict) -> Any:
     return obj
 
 
-def run_graph(graph: Graph, compute: dict | None = None, progress: Callable[[int, int, str], None] | None = None):
+def run_graph(graph: Graph, compute: dict | None = None, progress: Callable[[int, int, str], None] | None = None,
+              on_start: Callable[[str], None] | None = None):
     """Run ``graph``; returns the final node's output.
 
     ``compute["scheduler"]``: ``"synchronous"`` runs every node in this process, in
@@ -368,10 +369,10 @@ def run_graph(graph: Graph, compute: dict | None = None, progress: Callable[[int
             if progress:
                 progress(i + 1, total, node.key)
         return results[graph.final]
-    return _run_distributed(graph, compute, progress)
+    return _run_distributed(graph, compute, progress, on_start)
 
 
-def _run_distributed(graph: Graph, compute: dict, progress):
+def _run_distributed(graph: Graph, compute: dict, progress, on_start):
     from distributed import Client, LocalCluster, as_completed
 
     sched = compute.get("scheduler")
@@ -398,6 +399,8 @@ def _run_distributed(graph: Graph, compute: dict, progress):
         client = Client(sched)
     try:
         log.info("Dask dashboard: %s", client.dashboard_link)
+        if on_start:
+            on_start(f"Dask dashboard: {client.dashboard_link}")
         has_gpu = any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values())
         if compute.get("gpu") and not has_gpu:
             log.warning("compute.gpu is true but no Dask worker advertises a GPU; training on CPU")

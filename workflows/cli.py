@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pipeline.exceptions import SidebandUserError
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Dask's own INFO chatter (and its shutdown tracebacks) only with -vv; the variable is
+    # inherited by LocalCluster worker processes.
+    dask_level = "debug" if args.verbose >= 2 else "warning"
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", dask_level)
+    logging.getLogger("distributed").setLevel(dask_level.upper())
     try:
         return args.func(args)
     except SidebandUserError as exc:

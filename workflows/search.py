@@ -52,5 +52,6 @@ def run_search(cfg: Config, out_dir: str | Path, *, cache_dir: str | Path | None
     out_dir = check_output_dir(Path(out_dir))
     graph, _ = build_search_graph(cfg, out_dir, cache_dir, meta={"mode": "search", "seed": cfg.seed})
     log.info("search graph: %d nodes", len(graph.nodes))
-    path = run_graph(graph, cfg.compute.model_dump(), _progress_printer() if progress else None)
+    path = run_graph(graph, cfg.compute.model_dump(), _progress_printer() if progress else None,
+                     on_start=(lambda msg: print(msg, file=sys.stderr)) if progress else None)
     return json.loads(Path(path).read_text())
