@@ -138,3 +138,32 @@ class ClassifierEnsemble:
                     logits = net(torch.as_tensor((X - mean) / std, dtype=torch.float32)).squeeze(1)
                 out += torch.sigmoid(logits).numpy().astype(np.float64)
         return out / max(len(self.members_), 1)
+
+
+class ClassifierDetector:
+    """Mixin for detectors whose score is one :class:`ClassifierEnsemble`'s output.
+
+    Subclasses implement ``fit`` (choosing the two classes) and call
+    :meth:`_fit_classifier`; parameters and ``score`` are shared.
+    """
+
+    def __init__(self, model="hgb", n_ensemble=5, hgb_params=None, mlp_params=None, device="auto",
+                 random_state=None):
+        self.model = model
+        self.n_ensemble = n_ensemble
+        self.hgb_params = hgb_params
+        self.mlp_params = mlp_params
+        self.device = device
+        self.random_state = random_state
+
+    def _fit_classifier(self, X: np.ndarray, y: np.ndarray) -> None:
+        seed = 0 if self.random_state is None else int(self.random_state)
+        self.classifier_ = ClassifierEnsemble(self.model, self.n_ensemble, seed, self.hgb_params,
+                                              self.mlp_params, self.device).fit(X, y)
+
+    def score(self, X):
+        from .base import check_fitted, check_inputs
+
+        check_fitted(self, "classifier_")
+        X, _ = check_inputs(X)
+        return self.classifier_.predict(X)

@@ -3,13 +3,19 @@
 * ``__init__`` stores its keyword arguments unchanged and does nothing else; models,
   scalers, generators and the torch device are built in :meth:`Detector.fit` and stored
   as trailing-underscore attributes. An unfitted detector is cheap to clone and ship.
-* ``fit(X, m, *, signal_region, y_true=None, X_reference=None)`` returns ``self``.
+* ``fit(X, m, *, signal_region, y_true=None, X_reference=None, sideband_state=None)``
+  returns ``self``.
   ``X`` holds the substructure features (never mjj), ``m`` the dijet mass in GeV of the
   same events, ``signal_region`` the (low, high) SR bounds in GeV. Detectors that need
   truth (the supervised and idealized ceilings) take it through the keyword arguments
   and declare ``requires_truth = True``.
 * ``score(X)`` returns one anomaly score per event: **higher means more anomalous**.
 * ``random_state`` is stored unchanged and turned into generators inside ``fit``.
+* Detectors with an expensive stage that sees sideband events only (the CATHODE flow)
+  set ``has_sideband_stage = True`` and implement ``fit_sidebands(X_sb, m_sb, *,
+  signal_region) -> state`` (plain, picklable data). The pipeline runs it once per window
+  and passes the state to every fold's ``fit`` as ``sideband_state``; without it, ``fit``
+  runs the stage itself on the sideband events it is given.
 
 A new detector is one module ``detectors/<name>.py`` whose attribute ``Detector`` is the
 class, plus one entry under ``detectors:`` in the config.
@@ -36,9 +42,17 @@ class BaseDetector(BaseEstimator):
     name: ClassVar[str] = "base"
     #: True for the benchmark ceilings that need truth labels or reference samples.
     requires_truth: ClassVar[bool] = False
+    #: ``"labels"`` (needs y_true) or ``"reference"`` (needs X_reference) when requires_truth.
+    truth_kind: ClassVar[str | None] = None
+    #: True when the detector has a fold-independent stage trained on sideband events only.
+    has_sideband_stage: ClassVar[bool] = False
 
-    def fit(self, X, m, *, signal_region, y_true=None, X_reference=None):  # pragma: no cover
+    def fit(self, X, m, *, signal_region, y_true=None, X_reference=None,
+            sideband_state=None):  # pragma: no cover
         raise NotImplementedError
+
+    def fit_sidebands(self, X, m, *, signal_region):  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} has no sideband stage")
 
     def score(self, X) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._classifier import ClassifierEnsemble
-from .base import BaseDetector, check_fitted, check_inputs
+from ._classifier import ClassifierDetector
+from .base import BaseDetector, check_inputs
 
 __all__ = ["CWoLaHunting", "Detector"]
 
 
-class CWoLaHunting(BaseDetector):
+class CWoLaHunting(ClassifierDetector, BaseDetector):
     """SR-vs-SB classifier.
 
     Parameters
@@ -38,16 +38,7 @@ class CWoLaHunting(BaseDetector):
 
     name = "cwola"
 
-    def __init__(self, model="hgb", n_ensemble=5, hgb_params=None, mlp_params=None,
-                 device="auto", random_state=None):
-        self.model = model
-        self.n_ensemble = n_ensemble
-        self.hgb_params = hgb_params
-        self.mlp_params = mlp_params
-        self.device = device
-        self.random_state = random_state
-
-    def fit(self, X, m, *, signal_region, y_true=None, X_reference=None):
+    def fit(self, X, m, *, signal_region, y_true=None, X_reference=None, sideband_state=None):
         X, m = check_inputs(X, m)
         lo, hi = signal_region
         in_sr = (m >= lo) & (m < hi)
@@ -56,17 +47,9 @@ class CWoLaHunting(BaseDetector):
                 f"CWoLa needs events both inside and outside the SR {lo:g}-{hi:g} GeV; got "
                 f"{int(in_sr.sum())} inside and {int((~in_sr).sum())} outside"
             )
-        seed = 0 if self.random_state is None else int(self.random_state)
-        self.classifier_ = ClassifierEnsemble(
-            self.model, self.n_ensemble, seed, self.hgb_params, self.mlp_params, self.device
-        ).fit(X, in_sr.astype(np.float32))
+        self._fit_classifier(X, in_sr.astype(np.float32))
         self.n_train_ = (int(in_sr.sum()), int((~in_sr).sum()))
         return self
-
-    def score(self, X):
-        check_fitted(self, "classifier_")
-        X, _ = check_inputs(X)
-        return self.classifier_.predict(X)
 
 
 Detector = CWoLaHunting

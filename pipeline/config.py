@@ -40,6 +40,8 @@ class DataConfig(_Strict):
     chunk_size: int = Field(default=100_000, gt=0)
     strict: bool = False
     inject: InjectConfig | None = None
+    #: Pure-background reference sample (LHCO layout), needed by the idealized detector.
+    reference: str | None = None
 
 
 class RegionsConfig(_Strict):
@@ -160,9 +162,12 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
 
     for name, det in cfg.detectors.items():
         try:
-            make_detector(name, det.params)
+            detector = make_detector(name, det.params)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+        if det.enabled and detector.truth_kind == "reference" and not cfg.data.reference:
+            raise ConfigError(f"{source}: detectors.{name} needs a pure-background reference sample; "
+                              "set data.reference to its file (e.g. qcd_extra_features.h5)")
     return cfg
 
 

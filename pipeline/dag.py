@@ -3,6 +3,7 @@
 Nodes (one function each, module level so they pickle):
 
 ``load``     read the data (and optional injected signal) -> canonical table (Parquet)
+``prepare``  one per (window, detector) with a sideband stage (CATHODE's flow): SB events only
 ``train``    one per (window, detector, fold): fit on the other folds, score the rest
 ``merge``    one per (window, detector): calibrate fold scores into one score per event
 ``stats``    one per (window, detector or ``none``): selections -> fit -> pyhf
@@ -15,10 +16,10 @@ settings; a re-run finds the file and skips the work, which makes runs resumable
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from detectors.base import load_detector_class
 
 from .cache import atomic_path, cache_key, file_hash, write_json
 from .config import Config
@@ -135,12 +138,66 @@ def load_node(data_cfg: dict, cache_dir: str, seed: int) -> dict:
     if not target.exists():
         with atomic_path(target, ".parquet") as tmp:
             events.to_parquet(tmp, index=False)
+    reference_path = None
+    if data_cfg.get("reference"):
+        ref, ref_source = load_events(data_cfg["reference"], "auto", cache_dir=ev_cache, key=data_cfg["key"],
+                                      tree=data_cfg["tree"], chunk_size=data_cfg["chunk_size"],
+                                      strict=data_cfg["strict"])
+        sources.append(ref_source.to_dict() | {"role": "reference"})
+        reference_path = Path(cache_dir) / f"reference-{ref_source.content_hash}.parquet"
+        if not reference_path.exists():
+            with atomic_path(reference_path, ".parquet") as tmp:
+                ref.to_parquet(tmp, index=False)
+        reference_path = str(reference_path)
     return {"events_path": str(target), "sources": sources, "n_events": len(events),
-            "n_injected": n_injected}
+            "n_injected": n_injected, "reference_path": reference_path}
+
+
+def prepare_node(loaded: dict, window: dict, detector: str, params: dict, features: list[str], seed: int,
+                 threads: int, out: str) -> str:
+    """Run a detector's sideband stage (e.g. the CATHODE flow) on the window's SB events only."""
+    if Path(out).exists():
+        return out
+    from detectors.base import make_detector
+
+    limit_threads(threads)
+    t0 = time.perf_counter()
+    events = _read_table(loaded["events_path"])
+    w = _window(window)
+    m = events["mjj"].to_numpy()
+    sb = w.in_sb(m)
+    det = make_detector(detector, params, random_state=_node_seed(seed, "prepare", window["name"]))
+    state = det.fit_sidebands(events[features].to_numpy(np.float32)[sb], m[sb], signal_region=(w.sr_lo, w.sr_hi))
+    state["wall_s"] = time.perf_counter() - t0
+    with atomic_path(out, ".pkl") as tmp:
+        with open(tmp, "wb") as f:
+            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return out
+
+
+def _node_seed(*parts) -> int:
+    return int(cache_key(*parts)[:7], 16)
+
+
+def _truth_inputs(det, loaded: dict, events: pd.DataFrame, w: Window, features: list[str], train: np.ndarray):
+    """y_true / X_reference for the benchmark ceilings (empty for other detectors)."""
+    from .exceptions import ConfigError
+
+    if det.truth_kind == "labels":
+        if "label" not in events:
+            raise ConfigError(f"detector {det.name} needs truth labels, but the input has no 'label' column")
+        return {"y_true": events["label"].to_numpy()[train]}
+    if det.truth_kind == "reference":
+        ref = _read_table(loaded["reference_path"])
+        in_sr = w.in_sr(ref["mjj"].to_numpy())
+        if not in_sr.any():
+            raise RegionError(f"{loaded['reference_path']}: reference sample has no events in SR {w.name} GeV")
+        return {"X_reference": ref[features].to_numpy(np.float32)[in_sr]}
+    return {}
 
 
 def train_node(loaded: dict, window: dict, detector: str, params: dict, features: list[str],
-               fold: int, n_folds: int, seed: int, threads: int, out: str) -> str:
+               fold: int, n_folds: int, seed: int, threads: int, prepared: str | None, out: str) -> str:
     """Fit ``detector`` on the window's events outside ``fold``; score every other event.
 
     Writes ``scores`` (NaN for the training events) and the held-out mask to ``out``.
@@ -155,13 +212,19 @@ def train_node(loaded: dict, window: dict, detector: str, params: dict, features
     w = _window(window)
     m = events["mjj"].to_numpy()
     X = events[features].to_numpy(np.float32)
+    source = ", ".join(s["path"] for s in loaded["sources"])
+    check_window_counts(w, m, n_folds, source=source)
     in_win = w.in_window(m)
     win_idx = np.flatnonzero(in_win)
     folds = assign_folds(w.in_sr(m[win_idx]), n_folds, seed)
     train = win_idx[folds != fold]
     held = win_idx[folds == fold]
-    det = make_detector(detector, params, random_state=int(cache_key(seed, fold, window["name"])[:7], 16))
-    det.fit(X[train], m[train], signal_region=(w.sr_lo, w.sr_hi))
+    det = make_detector(detector, params, random_state=_node_seed(seed, fold, window["name"]))
+    extra = _truth_inputs(det, loaded, events, w, features, train)
+    if prepared is not None:
+        with open(prepared, "rb") as f:
+            extra["sideband_state"] = pickle.load(f)
+    det.fit(X[train], m[train], signal_region=(w.sr_lo, w.sr_hi), **extra)
     scores = np.full(len(events), np.nan, dtype=np.float64)
     scorable = np.ones(len(events), dtype=bool)
     scorable[train] = False
@@ -212,8 +275,13 @@ def merge_node(loaded: dict, fold_outputs: list[str], out: str) -> str:
 
 
 def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: str, fit_cfg: dict,
-               stats_cfg: dict, out: str) -> dict:
-    """Selections -> dijet fit outside the SR -> predicted SR background -> pyhf."""
+               stats_cfg: dict, blind: bool, out: str) -> dict:
+    """Selections -> dijet fit outside the SR -> predicted SR background -> pyhf.
+
+    With ``blind`` nothing that depends on the selected SR data is computed or written:
+    observed SR counts, Z, p0 and the observed limit are None, SR bins of the spectra are
+    None, and the expected limit uses the background prediction as the data.
+    """
     if Path(out).exists():
         return json.loads(Path(out).read_text())
     from .stats import discovery_and_limit, fit_dijet_ftest, make_edges
@@ -242,20 +310,24 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
             thr = np.quantile(scores[in_fit], 1.0 - eff)
             passed = in_fit & (scores > thr)
         counts, _ = np.histogram(m[passed], edges)
+        n_obs = int(counts[sr_bins].sum())
         row: dict[str, Any] = {
             "window": w.name, "sr": [w.sr_lo, w.sr_hi], "detector": detector,
-            "selection": float(eff), "n_selected": int(passed.sum()),
-            "n_observed_sr": int(counts[sr_bins].sum()),
+            "selection": float(eff), "n_selected": None if blind else int(passed.sum()),
+            "n_selected_sidebands": int(counts[~sr_bins].sum()),
+            "n_observed_sr": None if blind else n_obs,
         }
-        if truth is not None:
+        if truth is not None and not blind:
             in_sr = w.in_sr(m)
             row["n_signal_sr_truth"] = int(np.sum(passed & in_sr & (truth > 0.5)))
         try:
             fit = fit_dijet_ftest(edges, counts, ~sr_bins, tuple(fit_cfg["n_params"]), fit_cfg["ftest_alpha"])
             b, sb = fit.predict(sr_bins)
-            sig = discovery_and_limit(row["n_observed_sr"], b, sb, stats_cfg["cl"])
-            row.update({"n_expected_sr": b, "n_expected_sr_unc": sb, "z_local": sig.z_local, "p0": sig.p0,
-                        "upper_limit": sig.upper_limit, "upper_limit_expected": sig.upper_limit_expected,
+            sig = discovery_and_limit(b if blind else n_obs, b, sb, stats_cfg["cl"])
+            row.update({"n_expected_sr": b, "n_expected_sr_unc": sb,
+                        "z_local": None if blind else sig.z_local, "p0": None if blind else sig.p0,
+                        "upper_limit": None if blind else sig.upper_limit,
+                        "upper_limit_expected": sig.upper_limit_expected,
                         "fit": fit.summary(), "status": sig.status if fit.converged else "fit not converged"})
             expected = fit.expected.tolist()
         except (ValueError, np.linalg.LinAlgError) as exc:
@@ -264,7 +336,8 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
                         "status": f"fit failed: {exc}"})
             expected = None
         rows.append(row)
-        spectra.append({"edges": edges.tolist(), "counts": counts.tolist(), "expected": expected,
+        shown = [None if (blind and in_sr_bin) else int(c) for c, in_sr_bin in zip(counts, sr_bins)]
+        spectra.append({"edges": edges.tolist(), "counts": shown, "expected": expected,
                         "sr_bins": sr_bins.tolist()})
     result = {"rows": rows, "spectra": spectra,
               "timing": {"window": w.name, "detector": detector, "train_wall_s": wall}}
@@ -288,8 +361,11 @@ def report_node(stats_outputs: list[dict], loaded: dict, meta: dict, out_dir: st
 
 # ----------------------------------------------------------------------------- graph
 def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path | None = None,
-                       meta: dict | None = None) -> tuple[Graph, list[Window]]:
-    """The search graph for ``cfg``: load -> train (per fold) -> merge -> stats -> report."""
+                       meta: dict | None = None, blind: bool = True) -> tuple[Graph, list[Window]]:
+    """The search graph for ``cfg``: load -> train (per fold) -> merge -> stats -> report.
+
+    ``blind`` (the default) keeps the selected SR data out of every output.
+    """
     out_dir = Path(out_dir)
     cache = Path(cache_dir) if cache_dir else out_dir / "cache"
     data = cfg.data.model_dump(mode="json")
@@ -304,27 +380,35 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
     stats_refs = []
     for w in windows:
         wd = w.to_dict()
-        skey = cache_key(NODE_VERSION, data_id, cfg.seed, wd, fit_cfg, stats_cfg, "none")
+        skey = cache_key(NODE_VERSION, data_id, cfg.seed, wd, fit_cfg, stats_cfg, "none", blind)
         stats_refs.append(g.add(Node(f"stats-none-{w.name}-{skey}", stats_node,
-                                     (loaded, None, wd, "none", fit_cfg, stats_cfg,
+                                     (loaded, None, wd, "none", fit_cfg, stats_cfg, blind,
                                       str(cache / f"stats-{skey}.json")), "stats")))
         for name, det in cfg.enabled_detectors().items():
             feats = det.features or cfg.features
             tkey = cache_key(NODE_VERSION, data_id, cfg.seed, wd, name, det.params, feats, det.folds)
+            threads = cfg.compute.threads_per_worker
+            prepared = None
+            if load_detector_class(name).has_sideband_stage:
+                pkey = cache_key(NODE_VERSION, data_id, cfg.seed, wd, name, det.params, feats)
+                prepared = g.add(Node(f"prepare-{name}-{w.name}-{pkey}", prepare_node,
+                                      (loaded, wd, name, det.params, feats, cfg.seed, threads,
+                                       str(cache / f"prepare-{pkey}.pkl")), "prepare", gpu))
             fold_refs = []
             for k in range(det.folds):
                 fold_refs.append(g.add(Node(
                     f"train-{name}-{w.name}-f{k}-{tkey}", train_node,
-                    (loaded, wd, name, det.params, feats, k, det.folds, cfg.seed,
-                     cfg.compute.threads_per_worker, str(cache / f"train-{tkey}-f{k}.npz")),
+                    (loaded, wd, name, det.params, feats, k, det.folds, cfg.seed, threads, prepared,
+                     str(cache / f"train-{tkey}-f{k}.npz")),
                     "train", gpu)))
             merged = g.add(Node(f"merge-{name}-{w.name}-{tkey}", merge_node,
                                 (loaded, fold_refs, str(cache / f"scores-{tkey}.npz")), "merge"))
-            skey = cache_key(tkey, fit_cfg, stats_cfg)
+            skey = cache_key(tkey, fit_cfg, stats_cfg, blind)
             stats_refs.append(g.add(Node(f"stats-{name}-{w.name}-{skey}", stats_node,
-                                         (loaded, merged, wd, name, fit_cfg, stats_cfg,
+                                         (loaded, merged, wd, name, fit_cfg, stats_cfg, blind,
                                           str(cache / f"stats-{skey}.json")), "stats")))
     meta = dict(meta or {})
+    meta["blinded"] = blind
     meta.setdefault("config", cfg.to_dict())
     meta.setdefault("windows", [w.to_dict() for w in windows])
     report = g.add(Node("report", report_node, (stats_refs, loaded, meta, str(out_dir)), "report"))
@@ -335,7 +419,10 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
 def _data_identity(data: dict) -> dict:
     """What identifies the input: content hashes, not paths (a moved file still hits the cache)."""
     path = data["path"] or str(demo_data_path())
-    ident = {k: v for k, v in data.items() if k not in ("path", "chunk_size", "inject")}
+    ident = {k: v for k, v in data.items() if k not in ("path", "chunk_size", "inject", "reference")}
+    if data.get("reference"):
+        ref = data["reference"]
+        ident["reference"] = file_hash(ref) if Path(ref).exists() else ref
     ident["hash"] = file_hash(path) if Path(path).exists() else path
     if data.get("inject"):
         inj = data["inject"]

@@ -50,23 +50,26 @@ def write_results(out_dir: Path, rows: list[dict], meta: dict) -> Path:
     return write_json(Path(out_dir) / "results.json", _clean(doc))
 
 
-def _fmt(v, spec: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+def _fmt(v, spec: str, missing: str = "-") -> str:
+    return missing if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table, one line per window x detector x selection."""
     head = (f"{'window [GeV]':<13} {'detector':<11} {'sel':>7} {'n_sel':>8} {'B_exp (SR)':>16} "
-            f"{'obs (SR)':>8} {'Z_local':>7} {'UL95':>8}  fit")
+            f"{'obs (SR)':>8} {'Z_local':>7} {'UL95':>8} {'UL95 exp':>8}  fit")
     lines = [head, "-" * len(head)]
     for r in rows:
         b = r.get("n_expected_sr")
         bexp = "-" if b is None else f"{b:9.1f}±{r['n_expected_sr_unc']:<6.1f}"
         fit = r.get("fit") or {}
         fit_s = (f"{fit['n_params']}p chi2/ndf={fit['chi2']:.1f}/{fit['ndf']}" if fit else r.get("status", ""))
-        lines.append(f"{r['window']:<13} {r['detector']:<11} {r['selection']:>7.3g} {r['n_selected']:>8d} "
-                     f"{bexp:>16} {r['n_observed_sr']:>8d} {_fmt(r.get('z_local'), '7.2f'):>7} "
-                     f"{_fmt(r.get('upper_limit'), '8.1f'):>8}  {fit_s}")
+        hidden = "blind" if r.get("n_observed_sr") is None else "-"
+        lines.append(f"{r['window']:<13} {r['detector']:<11} {r['selection']:>7.3g} "
+                     f"{_fmt(r.get('n_selected'), '8d', hidden):>8} {bexp:>16} "
+                     f"{_fmt(r.get('n_observed_sr'), '8d', hidden):>8} {_fmt(r.get('z_local'), '7.2f', hidden):>7} "
+                     f"{_fmt(r.get('upper_limit'), '8.1f', hidden):>8} "
+                     f"{_fmt(r.get('upper_limit_expected'), '8.1f'):>8}  {fit_s}")
     return "\n".join(lines)
 
 
@@ -90,14 +93,14 @@ def plot_spectra(stats_outputs: list[dict], plot_dir: Path) -> list[str]:
                                           gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
             for i, (row, spec) in enumerate(zip(rows, spectra)):
                 edges = np.asarray(spec["edges"])
-                counts = np.asarray(spec["counts"], dtype=float)
+                counts = np.asarray([np.nan if c is None else c for c in spec["counts"]], dtype=float)
                 color = f"C{i}"
                 label = "no selection" if row["detector"] == "none" else f"top {row['selection']:.3g}"
                 z = row.get("z_local")
                 if z is not None:
                     label += f" (Z={z:.2f})"
                 centers = 0.5 * (edges[1:] + edges[:-1])
-                nz = counts > 0
+                nz = np.nan_to_num(counts) > 0
                 ax.errorbar(centers[nz], counts[nz], yerr=np.sqrt(counts[nz]), fmt="o", ms=3, color=color,
                             label=label)
                 if spec["expected"] is not None:

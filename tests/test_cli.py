@@ -30,8 +30,15 @@ def test_search_command_prints_table_and_writes_results(small_h5, fast_yaml, tmp
     assert code == 0
     printed = capsys.readouterr().out
     assert "Z_local" in printed and "cwola" in printed and "none" in printed
+    assert "BLINDED" in printed and " blind " in printed
     res = json.loads((out / "results.json").read_text())
     assert {r["detector"] for r in res["results"]} == {"none", "cwola"}
+    assert res["blinded"] and all(r["z_local"] is None for r in res["results"])
+    code = main(["search", "--config", str(fast_yaml), "--data", str(small_h5), "--out", str(out),
+                 "--scheduler", "synchronous", "--no-progress", "--unblind"])
+    assert code == 0 and "BLINDED" not in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert not res["blinded"] and all(r["z_local"] is not None for r in res["results"])
 
 
 def test_injection_flags(small_h5, fast_yaml, tmp_path, demo_frame):
@@ -39,7 +46,8 @@ def test_injection_flags(small_h5, fast_yaml, tmp_path, demo_frame):
     demo_frame[demo_frame.label == 1].to_hdf(sig, key="df", mode="w")
     out = tmp_path / "out"
     assert main(["search", "--config", str(fast_yaml), "--data", str(small_h5), "--out", str(out),
-                 "--scheduler", "synchronous", "--no-progress", "--inject", str(sig), "--n-inject", "50"]) == 0
+                 "--scheduler", "synchronous", "--no-progress", "--inject", str(sig), "--n-inject", "50",
+                 "--unblind"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["n_injected"] == 50
     assert res["n_events"] == 12_000 + 50

@@ -19,7 +19,7 @@ def searched(tmp_path_factory, small_h5):
         "compute": {"scheduler": "synchronous"},
     })
     out = tmp_path_factory.mktemp("search")
-    return cfg, out, run_search(cfg, out)
+    return cfg, out, run_search(cfg, out, unblind=True)
 
 
 def test_results_have_one_entry_per_window_detector_selection(searched):
@@ -74,7 +74,7 @@ def test_rerun_resumes_from_cached_nodes(searched, tmp_path):
     for p in cache.glob("stats-*.json"):
         p.unlink()
     before = {p: p.stat().st_mtime_ns for p in cache.glob("train-*.npz")}
-    res2 = run_search(cfg, out)
+    res2 = run_search(cfg, out, unblind=True)
     after = {p: p.stat().st_mtime_ns for p in cache.glob("train-*.npz")}
     assert victim in after and all(after[p] == t for p, t in before.items())  # only the victim retrained
     assert res2["results"] == res["results"]
@@ -84,7 +84,7 @@ def test_dask_local_cluster_gives_same_results(searched, tmp_path):
     cfg, out, res = searched
     dist = cfg.model_copy(update={"compute": cfg.compute.model_copy(
         update={"scheduler": None, "n_workers": 2, "processes": False})})
-    res2 = run_search(dist, tmp_path / "dist")
+    res2 = run_search(dist, tmp_path / "dist", unblind=True)
     assert res2["results"] == res["results"]
 
 
@@ -101,3 +101,54 @@ def test_graph_has_one_training_node_per_window_detector_fold(small_h5, fast_con
     graph, _ = build_search_graph(gpu_cfg, tmp_path)
     assert all(n.resources == {"GPU": 1} for n in graph.nodes if n.kind == "train")
     assert run_graph is not None
+
+
+def test_sideband_stage_runs_once_per_window(small_h5, fast_config, tmp_path):
+    cathode = {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 10}, "oversampling": 1.0,
+                                      "flow_params": {"n_transforms": 1, "hidden": 8, "epochs": 2, "n_average": 1}}}
+    cfg = fast_config(small_h5, detectors={"cathode": cathode}, stats={"selections": [0.1]})
+    graph, _ = build_search_graph(cfg, tmp_path)
+    prepare = [n for n in graph.nodes if n.kind == "prepare"]
+    trains = [n for n in graph.nodes if n.kind == "train"]
+    assert len(prepare) == 1 and len(trains) == 2
+    assert all(n.args[9].key == prepare[0].key for n in trains)  # every fold uses the one flow
+    res = run_search(cfg, tmp_path / "out")
+    assert {r["detector"] for r in res["results"]} == {"none", "cathode"}
+    assert len(list((tmp_path / "out" / "cache").glob("prepare-*.pkl"))) == 1
+
+
+def test_truth_detectors_in_the_graph(small_h5, fast_config, tmp_path):
+    from pipeline.exceptions import ConfigError
+
+    tiny = {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 10}}}
+    with pytest.raises(ConfigError, match="set data.reference"):
+        fast_config(small_h5, detectors={"idealized": tiny})
+    cfg = fast_config(small_h5, detectors={"supervised": tiny, "idealized": tiny},
+                      data={"path": str(small_h5), "reference": str(small_h5)})
+    res = run_search(cfg, tmp_path / "out", unblind=True)
+    rows = {(r["detector"], r["selection"]): r for r in res["results"]}
+    # with labels, the supervised selection keeps far more signal than the inclusive spectrum's share
+    sup = rows[("supervised", 0.1)]
+    assert sup["n_signal_sr_truth"] > 3 * 0.1 * rows[("none", 1.0)]["n_signal_sr_truth"]
+    assert any(s.get("role") == "reference" for s in res["inputs"])
+
+
+def test_blinded_search_hides_signal_region_data(searched, tmp_path):
+    cfg, out, unblinded = searched
+    res = run_search(cfg, out)  # default: blind; reuses the trained nodes
+    assert res["blinded"] is True and unblinded["blinded"] is False
+    text = (out / "results.json").read_text()
+    for r in res["results"]:
+        assert r["z_local"] is None and r["n_observed_sr"] is None and r["upper_limit"] is None
+        assert r["n_selected"] is None and "n_signal_sr_truth" not in r
+        assert r["upper_limit_expected"] > 0 and r["n_expected_sr"] > 0
+    by_key = {(r["detector"], r["selection"]): r for r in unblinded["results"]}
+    for r in res["results"]:
+        u = by_key[(r["detector"], r["selection"])]
+        assert r["n_expected_sr"] == u["n_expected_sr"]  # the sideband fit does not see the SR
+        assert r["n_selected_sidebands"] == u["n_selected_sidebands"]
+    for stats_file in (out / "cache").glob("stats-*.json"):
+        doc = json.loads(stats_file.read_text())
+        if doc["rows"][0]["n_observed_sr"] is None:  # blinded node outputs hide SR bins too
+            assert all(c is None for s in doc["spectra"] for c, sr in zip(s["counts"], s["sr_bins"]) if sr)
+    assert '"blinded": true' in text

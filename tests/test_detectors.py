@@ -8,18 +8,35 @@ from detectors import available_detectors, make_detector
 from pipeline.exceptions import ConfigError, NotFittedError
 
 #: Smallest settings that still train for real, per detector.
+_HGB = {"n_ensemble": 1, "hgb_params": {"max_iter": 10}}
 TINY = {
-    "cwola": {"n_ensemble": 1, "hgb_params": {"max_iter": 10}},
+    "cwola": _HGB,
+    "supervised": _HGB,
+    "idealized": _HGB,
+    "cathode": _HGB | {"oversampling": 2.0, "flow_params": {"n_transforms": 1, "hidden": 8, "epochs": 3,
+                                                          "batch_size": 256, "n_average": 2}},
 }
 
 
 def _data(n=600, seed=0):
+    """Background N(0, 1) everywhere; in the SR a third of the events are signal, shifted."""
     rng = np.random.default_rng(seed)
     m = rng.uniform(2800, 4200, n)
     X = rng.normal(size=(n, 4)).astype(np.float32)
     in_sr = (m >= 3300) & (m < 3700)
-    X[in_sr, 0] += 1.5  # an SR-only feature shift the weak supervision can find
-    return X, m, in_sr
+    signal = in_sr & (rng.random(n) < 0.35)
+    X[signal, 0] += 2.5
+    return X, m, signal
+
+
+def _fit(det, X, m, signal, seed=0):
+    """Fit with whatever truth the detector needs (labels or a reference background)."""
+    extra = {}
+    if det.truth_kind == "labels":
+        extra["y_true"] = signal.astype(float)
+    elif det.truth_kind == "reference":
+        extra["X_reference"] = np.random.default_rng(seed + 100).normal(size=(400, X.shape[1])).astype(np.float32)
+    return det.fit(X, m, signal_region=(3300, 3700), **extra)
 
 
 @pytest.fixture(params=available_detectors())
@@ -40,19 +57,19 @@ def test_init_stores_params_unchanged(detector_name):
 
 
 def test_fit_returns_self_and_scores_every_event(detector_name):
-    X, m, in_sr = _data()
+    X, m, signal = _data()
     det = make_detector(detector_name, TINY[detector_name], random_state=1)
-    assert det.fit(X, m, signal_region=(3300, 3700)) is det
+    assert _fit(det, X, m, signal) is det
     s = det.score(X)
     assert s.shape == (len(X),) and np.isfinite(s).all()
 
 
 def test_higher_score_means_more_anomalous(detector_name):
-    X, m, in_sr = _data(2000)
-    det = make_detector(detector_name, TINY[detector_name], random_state=1).fit(X, m, signal_region=(3300, 3700))
-    Xt, _, sr_t = _data(2000, seed=9)
+    X, m, signal = _data(3000)
+    det = _fit(make_detector(detector_name, TINY[detector_name], random_state=1), X, m, signal)
+    Xt, _, sig_t = _data(2000, seed=9)
     s = det.score(Xt)
-    assert s[sr_t].mean() > s[~sr_t].mean()
+    assert s[sig_t].mean() > s[~sig_t].mean()
 
 
 def test_unfitted_detector_says_so(detector_name):
@@ -62,9 +79,9 @@ def test_unfitted_detector_says_so(detector_name):
 
 
 def test_same_seed_same_scores(detector_name):
-    X, m, _ = _data()
-    a = make_detector(detector_name, TINY[detector_name], random_state=3).fit(X, m, signal_region=(3300, 3700))
-    b = make_detector(detector_name, TINY[detector_name], random_state=3).fit(X, m, signal_region=(3300, 3700))
+    X, m, signal = _data()
+    a = _fit(make_detector(detector_name, TINY[detector_name], random_state=3), X, m, signal)
+    b = _fit(make_detector(detector_name, TINY[detector_name], random_state=3), X, m, signal)
     np.testing.assert_array_equal(a.score(X), b.score(X))
 
 
@@ -76,8 +93,30 @@ def test_unknown_detector_and_parameter():
 
 
 def test_cwola_mlp_option_trains():
-    X, m, in_sr = _data(1500)
-    det = make_detector("cwola", {"model": "mlp", "n_ensemble": 1, "mlp_params": {"epochs": 20, "hidden": [16], "batch_size": 128}},
+    X, m, signal = _data(1500)
+    det = make_detector("cwola", {"model": "mlp", "n_ensemble": 1,
+                                  "mlp_params": {"epochs": 20, "hidden": [16], "batch_size": 128}},
                         random_state=0).fit(X, m, signal_region=(3300, 3700))
     s = det.score(X)
-    assert s[in_sr].mean() > s[~in_sr].mean()
+    assert s[signal].mean() > s[~signal].mean()
+
+
+def test_truth_detectors_refuse_to_fit_without_truth():
+    X, m, _ = _data()
+    for name, match in (("supervised", "needs truth labels"), ("idealized", "needs X_reference")):
+        with pytest.raises(ValueError, match=match):
+            make_detector(name, TINY[name]).fit(X, m, signal_region=(3300, 3700))
+
+
+def test_cathode_sideband_stage_is_reusable():
+    X, m, signal = _data(1500)
+    det = make_detector("cathode", TINY["cathode"], random_state=2)
+    state = det.fit_sidebands(X, m, signal_region=(3300, 3700))
+    assert state["n_sideband"] == int(((m < 3300) | (m >= 3700)).sum())
+    a = make_detector("cathode", TINY["cathode"], random_state=2).fit(X, m, signal_region=(3300, 3700),
+                                                                      sideband_state=state)
+    b = det.fit(X, m, signal_region=(3300, 3700))  # runs its own sideband stage: same seed, same flow
+    np.testing.assert_allclose(a.score(X), b.score(X))
+    samples = a.sample_background(m[(m >= 3300) & (m < 3700)], state["prep"], 500)
+    assert samples.shape == (500, 4) and np.isfinite(samples).all()
+    assert abs(samples[:, 1].mean()) < 0.3  # flow reproduces the N(0, 1) sideband density roughly

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="signal file whose events are mixed into the data (with --n-inject)")
     s.add_argument("--n-inject", type=int, default=None, help="number of signal events to inject")
     s.add_argument("--strict", action="store_true", help="NaN/inf features are an error, not dropped")
+    s.add_argument("--unblind", action="store_true",
+                   help="show the signal-region data: observed counts, Z and observed limits "
+                        "(hidden by default; results.json records the choice)")
     s.add_argument("--no-progress", action="store_true", help="do not print progress")
     s.set_defaults(func=_cmd_search)
     return parser
@@ -71,8 +74,10 @@ def _cmd_search(args) -> int:
     from workflows.search import run_search
 
     cfg = load_config(args.config, _overrides(args))
-    results = run_search(cfg, args.out, progress=not args.no_progress)
+    results = run_search(cfg, args.out, progress=not args.no_progress, unblind=args.unblind)
     print(format_table(results["results"]))
+    if results["blinded"]:
+        print("\nBLINDED: signal-region data hidden; rerun with --unblind to see observed counts and Z.")
     print(f"\nresults: {args.out}/results.json   plots: {args.out}/plots/")
     return 0
 

@@ -47,10 +47,15 @@ def _progress_printer(stream=sys.stderr):
 
 
 def run_search(cfg: Config, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-               progress: bool = False) -> dict:
-    """Run the search graph for ``cfg``; returns the parsed ``results.json``."""
+               progress: bool = False, unblind: bool = False) -> dict:
+    """Run the search graph for ``cfg``; returns the parsed ``results.json``.
+
+    The search is blind unless ``unblind``: observed SR counts, Z and observed limits are
+    neither computed nor written (expected limits and sideband fits are).
+    """
     out_dir = check_output_dir(Path(out_dir))
-    graph, _ = build_search_graph(cfg, out_dir, cache_dir, meta={"mode": "search", "seed": cfg.seed})
+    graph, _ = build_search_graph(cfg, out_dir, cache_dir, meta={"mode": "search", "seed": cfg.seed},
+                                  blind=not unblind)
     log.info("search graph: %d nodes", len(graph.nodes))
     path = run_graph(graph, cfg.compute.model_dump(), _progress_printer() if progress else None,
                      on_start=(lambda msg: print(msg, file=sys.stderr)) if progress else None)
