@@ -93,6 +93,18 @@ class ComputeConfig(_Strict):
     retries: int = Field(default=2, ge=0)
 
 
+class TriggerConfig(_Strict):
+    """Fixed-point export of a trigger model (hls4ml)."""
+
+    precision: str = "ap_fixed<32,16>"  # 16 integer bits: raw jet masses in GeV fit
+    reuse_factor: int = Field(default=1, ge=1)
+    backend: str = "Vitis"
+    part: str = "xcvu13p-flga2577-2-e"
+    io_type: Literal["io_parallel", "io_stream"] = "io_parallel"
+    clock_period_ns: float = Field(default=5.0, gt=0)
+    emulation_events: int = Field(default=20_000, gt=0)
+
+
 class Config(_Strict):
     seed: int = 42
     features: list[str] = Field(default_factory=lambda: ["mj1", "delta_mj", "tau21_j1", "tau21_j2"])
@@ -101,9 +113,13 @@ class Config(_Strict):
     fit: FitConfig = Field(default_factory=FitConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     detectors: dict[str, DetectorConfig] = Field(
-        default_factory=lambda: {"cwola": DetectorConfig(params={"model": "hgb", "n_ensemble": 5})}
+        default_factory=lambda: {
+            "cwola": DetectorConfig(params={"model": "hgb", "n_ensemble": 5}),
+            "autoencoder": DetectorConfig(params={"hidden": [16], "latent": 2, "train_on": "sidebands"}),
+        }
     )
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    trigger: TriggerConfig = Field(default_factory=TriggerConfig)
 
     @model_validator(mode="after")
     def _semantics(self):

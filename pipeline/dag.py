@@ -100,8 +100,13 @@ def _read_table(path: str) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- nodes
-def load_node(data_cfg: dict, cache_dir: str, seed: int) -> dict:
-    """Read data (plus injected signal) into one canonical table; returns its path."""
+def load_node(data_cfg: dict, cache_dir: str, seed: int, signal_regions: list | tuple = ()) -> dict:
+    """Read data (plus injected signal) into one canonical table; returns its path.
+
+    Fails with a user error when a signal region lies outside the data's mjj range or an
+    injected signal file has no event in any signal region.
+    """
+    from .exceptions import InputFileError
     from .io import load_events
 
     path = data_cfg["path"] or str(demo_data_path())
@@ -110,15 +115,27 @@ def load_node(data_cfg: dict, cache_dir: str, seed: int) -> dict:
                                  tree=data_cfg["tree"], chunk_size=data_cfg["chunk_size"],
                                  strict=data_cfg["strict"])
     sources = [source.to_dict()]
+    m_lo, m_hi = float(events["mjj"].min()), float(events["mjj"].max())
+    for lo, hi in signal_regions:
+        if hi <= m_lo or lo >= m_hi:
+            raise RegionError(
+                f"{path}: signal region {lo:g}-{hi:g} GeV lies outside the data's mjj range "
+                f"{m_lo:.0f}-{m_hi:.0f} GeV; move regions.signal_region / scan_centers into it"
+            )
     inj = data_cfg.get("inject")
     n_injected = 0
     if inj and inj["n_events"] > 0:
         sig, sig_source = load_events(inj["path"], inj["format"], cache_dir=ev_cache, key=data_cfg["key"],
                                       tree=data_cfg["tree"], chunk_size=data_cfg["chunk_size"],
                                       strict=data_cfg["strict"])
+        sm = sig["mjj"].to_numpy()
+        if signal_regions and not any(np.any((sm >= lo) & (sm < hi)) for lo, hi in signal_regions):
+            raise InputFileError(
+                f"{inj['path']}: none of its {len(sig)} signal events falls in a signal region "
+                f"({', '.join(f'{lo:g}-{hi:g}' for lo, hi in signal_regions)} GeV); inject a signal "
+                "that peaks there or move the window"
+            )
         if inj["n_events"] > len(sig):
-            from .exceptions import InputFileError
-
             raise InputFileError(
                 f"{inj['path']}: asked to inject {inj['n_events']} events but the file holds "
                 f"{len(sig)}; lower data.inject.n_events"
@@ -231,7 +248,17 @@ def train_node(loaded: dict, window: dict, detector: str, params: dict, features
     scores[scorable] = det.score(X[scorable])
     heldout = np.zeros(len(events), dtype=bool)
     heldout[held] = True
-    history = getattr(getattr(det, "classifier_", None), "history_", [])
+    history = getattr(getattr(det, "classifier_", None), "history_", None) or getattr(det, "history_", [])
+    if hasattr(det, "export_state"):  # exportable models (the autoencoder) are kept for export-trigger
+        import torch
+
+        model_path = Path(out).with_suffix(".model.pt")
+        with atomic_path(model_path, ".pt") as tmp:
+            torch.save(det.export_state(), tmp)
+        write_json(Path(out).with_suffix(".model.json"), {
+            "detector": detector, "window": window, "fold": fold, "n_folds": n_folds, "features": features,
+            "model": model_path.name, "scores": Path(out).name, "events_path": loaded["events_path"],
+            "params": params})
     with atomic_path(out, ".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, scores=scores, heldout=heldout, train=~scorable,
@@ -373,7 +400,9 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
     windows = make_windows(cfg.regions.signal_region, cfg.fit.range, cfg.regions.sideband_width,
                            cfg.regions.scan_centers)
     g = Graph()
-    loaded = g.add(Node(f"load-{cache_key(data_id, cfg.seed)}", load_node, (data, str(cache), cfg.seed), "load"))
+    srs = [(w.sr_lo, w.sr_hi) for w in windows]
+    loaded = g.add(Node(f"load-{cache_key(data_id, cfg.seed, srs)}", load_node, (data, str(cache), cfg.seed, srs),
+                        "load"))
     fit_cfg = cfg.fit.model_dump(mode="json")
     stats_cfg = cfg.stats.model_dump(mode="json")
     gpu = {"GPU": 1} if cfg.compute.gpu else None

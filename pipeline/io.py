@@ -183,11 +183,23 @@ def detect_format(path: str | os.PathLike, key: str = "df") -> str:
         return "lhco-features"
     if len(frame.columns) in (2100, 2101) or all(isinstance(c, int) for c in frame.columns):
         return "lhco-raw"
-    missing = sorted(set(LHCO_FEATURE_COLUMNS) - names)
-    raise InputFileError(
-        f"{path}: columns do not match an LHC Olympics layout: missing {missing} for the "
-        f"feature layout (found {sorted(names)[:20]}); rename the columns or convert the file"
-    )
+    raise InputFileError(_missing_columns_message(path, names))
+
+
+def _missing_columns_message(path: Path, names) -> str:
+    import difflib
+
+    names = [str(n) for n in names]
+    missing = [c for c in LHCO_FEATURE_COLUMNS if c not in names]
+    spare = [n for n in names if n not in LHCO_FEATURE_COLUMNS and n != "label"]
+    hints = []
+    for c in missing:
+        close = [n for n in spare if n.lower() == c.lower()] or difflib.get_close_matches(c, spare, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"'{close[0]}' -> '{c}'")
+    hint = f"; rename {', '.join(hints)}" if hints else "; rename the columns or convert the file"
+    return (f"{path}: missing columns {missing} for the LHC Olympics feature layout "
+            f"(found {names[:20]}){hint}")
 
 
 def _label_from(frame: pd.DataFrame) -> np.ndarray | None:
@@ -197,12 +209,8 @@ def _label_from(frame: pd.DataFrame) -> np.ndarray | None:
 def _features_chunks(path: Path, key: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame, int]]:
     frame = _H5Frame(path, key)
     names = [str(c) for c in frame.columns]
-    missing = [c for c in LHCO_FEATURE_COLUMNS if c not in names]
-    if missing:
-        raise InputFileError(
-            f"{path}: missing columns {missing} for the LHC Olympics feature layout "
-            f"(found {names}); rename them or choose data.format"
-        )
+    if any(c not in names for c in LHCO_FEATURE_COLUMNS):
+        raise InputFileError(_missing_columns_message(path, names))
     for start in range(0, frame.n_rows, chunk_size):
         df = frame.read(start, min(start + chunk_size, frame.n_rows))
         df.columns = [str(c) for c in df.columns]
@@ -290,7 +298,16 @@ def iter_events(
     elif fmt == "lhco-raw":
         yield from _raw_chunks(path, key, chunk_size)
     else:
-        yield from _root_chunks(path, tree, chunk_size)
+        try:
+            yield from _root_chunks(path, tree, chunk_size)
+        except InputFileError:
+            raise
+        except Exception as exc:  # uproot raises OSError, ValueError, DeserializationError ...
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise InputFileError(
+                f"{path}: reading the ROOT file failed ({exc.__class__.__name__}: {first}); the "
+                "file is probably truncated or corrupt, re-create it"
+            ) from None
 
 
 def _validate(path: Path, events: pd.DataFrame) -> None:

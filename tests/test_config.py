@@ -8,7 +8,7 @@ def test_default_config_file_equals_builtin_defaults():
     assert load_config(DEFAULT_CONFIG) == config_from_dict({})
     cfg = load_config()
     assert cfg.regions.signal_region == (3300.0, 3700.0)
-    assert list(cfg.enabled_detectors()) == ["cwola"]
+    assert list(cfg.enabled_detectors()) == ["cwola", "autoencoder"]
 
 
 def test_unknown_key_and_wrong_type_are_listed():

@@ -12,6 +12,7 @@ _HGB = {"n_ensemble": 1, "hgb_params": {"max_iter": 10}}
 TINY = {
     "cwola": _HGB,
     "supervised": _HGB,
+    "autoencoder": {"hidden": [8], "latent": 2, "epochs": 8, "batch_size": 128},
     "idealized": _HGB,
     "cathode": _HGB | {"oversampling": 2.0, "flow_params": {"n_transforms": 1, "hidden": 8, "epochs": 3,
                                                           "batch_size": 256, "n_average": 2}},

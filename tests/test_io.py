@@ -71,7 +71,7 @@ def test_missing_columns(tmp_path):
     path = tmp_path / "ev.h5"
     frame = jets_to_lhco_frame(lhco_jets(50)).rename(columns={"mj1": "mass_j1"})
     frame.to_hdf(path, key="df", mode="w")
-    with pytest.raises(InputFileError, match=r"missing \['mj1'\]"):
+    with pytest.raises(InputFileError, match=r"missing columns \['mj1'\].*rename 'mass_j1' -> 'mj1'"):
         read_events(path)
 
 

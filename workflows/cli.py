@@ -47,6 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(hidden by default; results.json records the choice)")
     s.add_argument("--no-progress", action="store_true", help="do not print progress")
     s.set_defaults(func=_cmd_search)
+
+    t = sub.add_parser(
+        "export-trigger", help="export a trained autoencoder as a trigger model (ONNX, hls4ml)",
+        description="Calibrate the autoencoder of a finished search to a background acceptance, export "
+                    "it to ONNX (checked with onnxruntime) and to an hls4ml fixed-point project with C++ "
+                    "bit-accurate emulation; write trigger_report.json.",
+    )
+    t.add_argument("--run", required=True, help="output directory of a finished 'sideband search'")
+    t.add_argument("--out", default=None, help="where to write the export (default: RUN/trigger)")
+    t.add_argument("--rate", type=float, default=1e-3, help="background acceptance (default: %(default)g)")
+    t.add_argument("--window", default=None, help="window name, e.g. 3300-3700 (default: the first)")
+    t.add_argument("--fold", type=int, default=0, help="which fold's model (default: %(default)s)")
+    t.add_argument("--signal", default=None, help="signal file for the signal acceptance (default: labels)")
+    t.add_argument("--config", default=None, help="config whose 'trigger:' section to use (default: the run's)")
+    t.add_argument("--no-hls", action="store_true", help="skip the hls4ml step")
+    t.set_defaults(func=_cmd_export_trigger)
     return parser
 
 
@@ -79,6 +95,24 @@ def _cmd_search(args) -> int:
     if results["blinded"]:
         print("\nBLINDED: signal-region data hidden; rerun with --unblind to see observed counts and Z.")
     print(f"\nresults: {args.out}/results.json   plots: {args.out}/plots/")
+    return 0
+
+
+def _cmd_export_trigger(args) -> int:
+    from pathlib import Path
+
+    from workflows.trigger import export_trigger, format_trigger_report
+
+    trigger_cfg = None
+    if args.config:
+        from pipeline.config import load_config
+
+        trigger_cfg = load_config(args.config).trigger
+    out = args.out or str(Path(args.run) / "trigger")
+    report = export_trigger(args.run, out, rate=args.rate, window=args.window, fold=args.fold,
+                            signal_path=args.signal, trigger_cfg=trigger_cfg, hls=not args.no_hls)
+    print(format_trigger_report(report))
+    print(f"\nreport: {out}/trigger_report.json   ONNX: {out}/{report['onnx_model']}")
     return 0
 
 
