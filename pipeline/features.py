@@ -19,6 +19,7 @@ __all__ = [
     "FEATURE_COLUMNS",
     "events_from_jets",
     "cluster_particles",
+    "cluster_four_vectors",
     "jets_to_lhco_frame",
 ]
 
@@ -157,16 +158,10 @@ def cluster_particles(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray) -> tuple
     """Cluster massless particles into the two leading anti-kT R = 1.0 jets.
 
     ``pt``, ``eta``, ``phi`` are (n_events, n_particles) arrays, zero-padded (pT = 0
-    marks padding) or awkward jagged arrays. Jets need pT > 20 GeV and |eta| < 2.5;
-    j1, j2 are the two leading-pT jets among those. Returns the jets in the LHCO feature
-    layout (a dict of column -> array, for events that have two jets) and the boolean
-    mask of events kept. Vectorised with fastjet's awkward interface: no per-event loop.
+    marks padding) or awkward jagged arrays. See :func:`cluster_four_vectors`.
     """
     import awkward as ak
-    import fastjet
-    import vector
 
-    vector.register_awkward()
     if isinstance(pt, np.ndarray):
         mask = pt > 0
         counts = mask.sum(axis=1)
@@ -175,15 +170,24 @@ def cluster_particles(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray) -> tuple
         phij = ak.unflatten(phi[mask].astype(np.float64), counts)
     else:
         ptj, etaj, phij = (ak.values_astype(a, np.float64) for a in (pt, eta, phi))
-    parts = ak.zip(
-        {
-            "px": ptj * np.cos(phij),
-            "py": ptj * np.sin(phij),
-            "pz": ptj * np.sinh(etaj),
-            "E": ptj * np.cosh(etaj),
-        },
-        with_name="Momentum4D",
-    )
+    return cluster_four_vectors(ptj * np.cos(phij), ptj * np.sin(phij), ptj * np.sinh(etaj), ptj * np.cosh(etaj))
+
+
+def cluster_four_vectors(px, py, pz, E) -> tuple[dict, np.ndarray]:
+    """Cluster particles (jagged awkward arrays of px, py, pz, E in GeV) into two jets.
+
+    Jets: anti-kT R = 1.0 with pT > 20 GeV and |eta| < 2.5; j1, j2 are the two leading-pT
+    jets among those. Returns the jets in the LHCO feature layout (a dict of column ->
+    array, for events that have two jets) and the boolean mask of events kept.
+    Vectorised with fastjet's awkward interface: no per-event loop. Used by the readers
+    and by event generation alike.
+    """
+    import awkward as ak
+    import fastjet
+    import vector
+
+    vector.register_awkward()
+    parts = ak.zip({"px": px, "py": py, "pz": pz, "E": E}, with_name="Momentum4D")
     n_events = len(parts)
     cs = fastjet.ClusterSequence(parts, fastjet.JetDefinition(fastjet.antikt_algorithm, JET_R))
     jets = cs.inclusive_jets(min_pt=JET_MIN_PT)
