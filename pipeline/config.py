@@ -105,6 +105,22 @@ class TriggerConfig(_Strict):
     emulation_events: int = Field(default=20_000, gt=0)
 
 
+class InjectionConfig(_Strict):
+    """Signal-injection scan (sideband inject)."""
+
+    counts: list[int] = Field(default_factory=lambda: [0, 300, 600, 1200])
+    seeds: int = Field(default=3, ge=1)
+    signals: list[str] = Field(default_factory=list)
+
+    @field_validator("counts")
+    @classmethod
+    def _non_negative(cls, v):
+        bad = [c for c in v if c < 0]
+        if bad:
+            raise ValueError(f"injected counts must be >= 0, got {bad}")
+        return sorted(set(v))
+
+
 class Config(_Strict):
     seed: int = 42
     features: list[str] = Field(default_factory=lambda: ["mj1", "delta_mj", "tau21_j1", "tau21_j2"])
@@ -120,6 +136,7 @@ class Config(_Strict):
     )
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
+    injection: InjectionConfig = Field(default_factory=InjectionConfig)
 
     @model_validator(mode="after")
     def _semantics(self):

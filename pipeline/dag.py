@@ -203,7 +203,11 @@ def _truth_inputs(det, loaded: dict, events: pd.DataFrame, w: Window, features: 
     if det.truth_kind == "labels":
         if "label" not in events:
             raise ConfigError(f"detector {det.name} needs truth labels, but the input has no 'label' column")
-        return {"y_true": events["label"].to_numpy()[train]}
+        y = events["label"].to_numpy()[train]
+        if not np.any(y[w.in_sr(events['mjj'].to_numpy()[train])] > 0.5):
+            raise RegionError(f"detector {det.name}: no signal-labelled events in SR {w.name} GeV to learn from; "
+                              "disable it for background-only data")
+        return {"y_true": y}
     if det.truth_kind == "reference":
         ref = _read_table(loaded["reference_path"])
         in_sr = w.in_sr(ref["mjj"].to_numpy())
@@ -280,10 +284,12 @@ def merge_node(loaded: dict, fold_outputs: list[str], out: str) -> str:
     held_value = np.full(n, np.nan)
     owner = np.full(n, -1)
     wall = 0.0
+    histories = []
     for i, path in enumerate(fold_outputs):
         with np.load(path) as z:
             scores, heldout, train = z["scores"], z["heldout"], z["train"]
             wall += float(z["wall_s"])
+            histories.append(json.loads(str(z["history"])))
         if np.any(owner[heldout] >= 0):
             raise RuntimeError("an event is held out by two folds; fold bookkeeping is broken")
         owner[heldout] = i
@@ -297,7 +303,7 @@ def merge_node(loaded: dict, fold_outputs: list[str], out: str) -> str:
         out_scores = np.where(owner >= 0, held_value, sums / counts)
     with atomic_path(out, ".npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, scores=out_scores, owner=owner, wall_s=wall)
+            np.savez(f, scores=out_scores, owner=owner, wall_s=wall, histories=json.dumps(histories))
     return out
 
 
@@ -325,9 +331,11 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
         scores = np.ones(len(m))
         selections = [1.0]
         wall = 0.0
+        histories = []
     else:
         with np.load(scores_path) as z:
             scores, wall = z["scores"], float(z["wall_s"])
+            histories = json.loads(str(z["histories"]))
         selections = stats_cfg["selections"]
     rows, spectra = [], []
     for eff in selections:
@@ -367,9 +375,25 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
         spectra.append({"edges": edges.tolist(), "counts": shown, "expected": expected,
                         "sr_bins": sr_bins.tolist()})
     result = {"rows": rows, "spectra": spectra,
-              "timing": {"window": w.name, "detector": detector, "train_wall_s": wall}}
+              "timing": {"window": w.name, "detector": detector, "train_wall_s": wall},
+              "training": {"window": w.name, "detector": detector, "folds": histories} if histories else None,
+              "metrics": _detector_metrics(scores, m, truth, w, detector) if scores_path and not blind else None}
     write_json(out, result)
     return result
+
+
+def _detector_metrics(scores, m, truth, w: Window, detector: str) -> dict | None:
+    """ROC/SIC of the out-of-fold scores on the SR events, where truth labels exist."""
+    if truth is None:
+        return None
+    from .metrics import sic_curve
+
+    in_sr = w.in_sr(m)
+    sig, bkg = in_sr & (truth > 0.5), in_sr & (truth < 0.5)
+    if sig.sum() < 5 or bkg.sum() < 50:
+        return {"window": w.name, "detector": detector, "auc": None, "max_sic": None, "n_signal": int(sig.sum())}
+    curve = sic_curve(scores[sig], scores[bkg], min_background=50)
+    return {"window": w.name, "detector": detector, **curve.to_dict()}
 
 
 def report_node(stats_outputs: list[dict], loaded: dict, meta: dict, out_dir: str) -> str:
@@ -378,12 +402,17 @@ def report_node(stats_outputs: list[dict], loaded: dict, meta: dict, out_dir: st
 
     rows = [r for s in stats_outputs for r in s["rows"]]
     plots = plot_spectra(stats_outputs, Path(out_dir) / "plots")
+    metrics = [s["metrics"] for s in stats_outputs if s.get("metrics")]
+    write_json(Path(out_dir) / "training.json", [s["training"] for s in stats_outputs if s.get("training")])
     # Wall times vary run to run; they live beside results.json so that file is reproducible.
     write_json(Path(out_dir) / "timing.json", [s["timing"] for s in stats_outputs])
-    return str(write_results(Path(out_dir), rows, meta | {"inputs": loaded["sources"],
-                                                           "n_events": loaded["n_events"],
-                                                           "n_injected": loaded["n_injected"],
-                                                           "plots": plots}))
+    path = write_results(Path(out_dir), rows, meta | {"inputs": loaded["sources"], "n_events": loaded["n_events"],
+                                                      "n_injected": loaded["n_injected"], "plots": plots,
+                                                      "detector_metrics": metrics})
+    from .report import write_html_report
+
+    write_html_report(Path(out_dir))
+    return str(path)
 
 
 # ----------------------------------------------------------------------------- graph
@@ -440,7 +469,8 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
     meta["blinded"] = blind
     meta.setdefault("config", cfg.to_dict())
     meta.setdefault("windows", [w.to_dict() for w in windows])
-    report = g.add(Node("report", report_node, (stats_refs, loaded, meta, str(out_dir)), "report"))
+    report = g.add(Node(f"report-{cache_key(str(out_dir.resolve()))}", report_node,
+                        (stats_refs, loaded, meta, str(out_dir)), "report"))
     g.final = report.key
     return g, windows
 

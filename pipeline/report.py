@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform
@@ -11,7 +12,8 @@ import numpy as np
 
 from .cache import atomic_path, write_json
 
-__all__ = ["write_results", "format_table", "plot_spectra", "package_versions", "RESULTS_SCHEMA_VERSION"]
+__all__ = ["write_results", "format_table", "plot_spectra", "package_versions", "write_html_report",
+           "write_injection_report", "RESULTS_SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
 RESULTS_SCHEMA_VERSION = 1
@@ -126,3 +128,244 @@ def plot_spectra(stats_outputs: list[dict], plot_dir: Path) -> list[str]:
             plt.close(fig)
         written.append(str(Path("plots") / name))
     return written
+
+
+# --------------------------------------------------------------------------- HTML report
+def _png_b64(fig) -> str:
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _img(b64: str, caption: str) -> str:
+    import html
+
+    return (f'<figure><img src="data:image/png;base64,{b64}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _style():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mplhep
+
+    return plt, plt.style.context(mplhep.style.CMS)
+
+
+CEILINGS = ("supervised", "idealized")
+
+
+def plot_sic_curves(metrics: list[dict], title: str = "") -> str | None:
+    """SIC vs signal efficiency per detector; the ceilings dashed."""
+    metrics = [m for m in metrics if m.get("sic")]
+    if not metrics:
+        return None
+    plt, style = _style()
+    with style:
+        fig, ax = plt.subplots(figsize=(8, 6))
+        for i, m in enumerate(metrics):
+            ls = "--" if m["detector"] in CEILINGS else "-"
+            ax.plot(m["eps_s"], m["sic"], ls, color=f"C{i}",
+                    label=f"{m['detector']} (AUC {m['auc']:.2f}, max {m['max_sic']:.1f})")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xlabel("signal efficiency ε_S")
+        ax.set_ylabel("SIC = ε_S / √ε_B")
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=12, title=title, title_fontsize=12)
+        return _png_b64(fig)
+
+
+def plot_training(training: list[dict]) -> str | None:
+    """Validation loss per fold and detector (iterations for boosted trees, epochs for nets)."""
+    curves = []
+    for t in training:
+        for k, fold in enumerate(t["folds"]):
+            members = fold if isinstance(fold, list) else [fold]
+            for mem in members:
+                vl = mem.get("validation_loss") if isinstance(mem, dict) else None
+                vl = vl or (mem.get("val") if isinstance(mem, dict) else None)
+                if vl:
+                    curves.append((f"{t['detector']} {t['window']}", k, vl))
+    if not curves:
+        return None
+    plt, style = _style()
+    with style:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        names = sorted({c[0] for c in curves})
+        for label, k, vl in curves:
+            i = names.index(label)
+            ax.plot(np.arange(1, len(vl) + 1), vl, color=f"C{i}", alpha=0.6, lw=1,
+                    label=label if k == 0 else None)
+        ax.set_xlabel("epoch / boosting iteration")
+        ax.set_ylabel("validation loss")
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=11)
+        return _png_b64(fig)
+
+
+def _table_html(rows: list[dict]) -> str:
+    import html
+
+    cols = [("window", "window [GeV]", None), ("detector", "detector", None), ("selection", "selection", ".3g"),
+            ("n_selected", "selected", "d"), ("n_expected_sr", "B exp. (SR)", ".1f"),
+            ("n_expected_sr_unc", "± unc.", ".1f"), ("n_observed_sr", "observed (SR)", "d"),
+            ("z_local", "Z local", ".2f"), ("upper_limit", "UL95 obs.", ".1f"),
+            ("upper_limit_expected", "UL95 exp.", ".1f")]
+    if any("z_global" in r for r in rows):
+        cols.insert(8, ("z_global", "Z global", ".2f"))
+    head = "".join(f"<th>{html.escape(c[1])}</th>" for c in cols) + "<th>fit</th>"
+    body = []
+    for r in rows:
+        cells = []
+        for key, _, spec in cols:
+            v = r.get(key)
+            cells.append("<td>" + ("blind" if v is None and key in ("n_observed_sr", "z_local", "upper_limit",
+                                                                     "n_selected") and r.get("n_observed_sr") is None
+                                   else _fmt(v, spec) if spec else html.escape(str(v))) + "</td>")
+        fit = r.get("fit") or {}
+        cells.append(f"<td>{fit['n_params']}p, χ²/ndf {fit['chi2']:.1f}/{fit['ndf']}</td>" if fit
+                     else f"<td>{html.escape(str(r.get('status')))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def html_page(title: str, sections: list[tuple[str, str]]) -> str:
+    import html
+
+    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
+           "text-align:right}th{background:#eee}figure{display:inline-block;margin:6px}"
+           "img{max-width:520px}figcaption{font-size:12px;color:#555}code{background:#f4f4f4}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for head, content in sections:
+        parts.append(f"<h2>{html.escape(head)}</h2>{content}")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def _run_info_html(doc: dict) -> str:
+    import html
+
+    items = [f"mode: <b>{html.escape(str(doc.get('mode')))}</b>, seed {doc.get('seed')}, "
+             f"{'<b>BLINDED</b> (signal-region data hidden; rerun with --unblind)' if doc.get('blinded') else 'unblinded'}",
+             f"events: {doc.get('n_events')}, injected signal: {doc.get('n_injected')}"]
+    for s in doc.get("inputs", []):
+        items.append(f"input <code>{html.escape(s['path'])}</code> ({s.get('format')}, "
+                     f"hash {s.get('content_hash', '')[:12]}, {s.get('n_kept')} events kept, "
+                     f"{s.get('n_nonfinite_dropped', 0)} NaN/inf dropped)")
+    v = doc.get("versions", {})
+    items.append("versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
+    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def write_html_report(out_dir: Path) -> Path:
+    """``report.html`` for a search run: summary, spectra, SIC curves (truth only), training."""
+    import base64
+
+    out_dir = Path(out_dir)
+    doc = json.loads((out_dir / "results.json").read_text())
+    training = json.loads((out_dir / "training.json").read_text()) if (out_dir / "training.json").exists() else []
+    sections = [("Summary", _run_info_html(doc) + _table_html(doc["results"]))]
+    spectra = "".join(_img(base64.b64encode((out_dir / p).read_bytes()).decode(), Path(p).stem)
+                      for p in doc.get("plots", []) if (out_dir / p).exists())
+    sections.append(("mjj spectra, background fits and pulls", spectra))
+    metrics = doc.get("detector_metrics") or []
+    windows = sorted({m["window"] for m in metrics})
+    sic_imgs = [_img(b, f"SIC curves, SR {w} GeV") for w in windows
+                if (b := plot_sic_curves([m for m in metrics if m["window"] == w], f"SR {w} GeV"))]
+    if sic_imgs:
+        sections.append(("SIC curves (truth labels; dashed: supervised and idealized ceilings)", "".join(sic_imgs)))
+    if (b := plot_training(training)):
+        sections.append(("Training curves", _img(b, "validation loss per fold")))
+    path = out_dir / "report.html"
+    with atomic_path(path, ".html") as tmp:
+        tmp.write_text(html_page("sideband search report", sections))
+    return path
+
+
+def _band_plot(points, summary_key, y_of, ylabel, xlabel="injected S/√B in the SR (before selection)", diag=False):
+    """Median over seeds with the 16-84% band, per detector, against S/sqrt(B) before selection."""
+    plt, style = _style()
+    dets = sorted({d for p in points for d in p["detectors"] if d != "none" or summary_key == "z"})
+    with style:
+        fig, ax = plt.subplots(figsize=(8, 6))
+        for i, det in enumerate(dets):
+            xs, med, lo, hi = [], [], [], []
+            for n in sorted({p["n_inject"] for p in points}):
+                grp = [p for p in points if p["n_inject"] == n and det in p["detectors"]]
+                vals = [y_of(p, det) for p in grp]
+                vals = [v for v in vals if v is not None]
+                if not vals:
+                    continue
+                xs.append(np.median([p["s_over_sqrt_b"] or 0 for p in grp]))
+                med.append(np.median(vals))
+                lo.append(np.percentile(vals, 16))
+                hi.append(np.percentile(vals, 84))
+            if xs:
+                ls = "--" if det in CEILINGS else "-"
+                ax.plot(xs, med, ls, marker="o", color=f"C{i}", label=det)
+                ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
+        if diag:
+            lim = ax.get_xlim()
+            ax.plot(lim, lim, ":", color="grey", label="y = x")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=11)
+        return _png_b64(fig)
+
+
+def write_injection_report(out_dir: Path, result: dict, docs: list[dict]) -> Path:
+    """``report.html`` of an injection scan (summary, sensitivity panels, one point in detail)."""
+    import base64
+    import html
+
+    points = result["points"]
+    head = ("<table><thead><tr><th>signal</th><th>injected</th><th>S/B (SR)</th><th>S/√B (SR)</th>"
+            "<th>detector</th><th>best Z (median)</th><th>max SIC (median)</th><th>AUC</th><th>seeds</th>"
+            "</tr></thead><tbody>")
+    body = "".join(
+        f"<tr><td>{html.escape(Path(r['signal']).name)}</td><td>{r['n_inject']}</td><td>{_fmt(r['s_over_b'], '.4f')}"
+        f"</td><td>{_fmt(r['s_over_sqrt_b'], '.2f')}</td><td>{html.escape(r['detector'])}</td>"
+        f"<td>{_fmt(r['z_best_median'], '.2f')}</td><td>{_fmt(r['max_sic_median'], '.2f')}</td>"
+        f"<td>{_fmt(r['auc_median'], '.3f')}</td><td>{r['n_seeds']}</td></tr>" for r in result["summary"])
+    sections = [("Summary (median over seeds)", head + body + "</tbody></table>")]
+    panels = [
+        _img(_band_plot(points, "z", lambda p, d: p["detectors"][d]["z_best"], "best local Z after selection",
+                        diag=True), "significance vs injected S/sqrt(B): median and 68% band over seeds"),
+        _img(_band_plot(points, "sic", lambda p, d: p["detectors"][d].get("max_sic"), "max SIC"),
+             "max SIC vs injection (dashed: supervised and idealized ceilings)"),
+        _img(_band_plot(points, "ul", lambda p, d: min((v for v in p["detectors"][d]["upper_limit"].values()
+                                                        if v is not None), default=None),
+                        "95% CLs upper limit on signal events (tightest selection)"),
+             "upper limits vs injection"),
+    ]
+    sections.append(("Sensitivity", "".join(panels)))
+    # one point in detail: the largest injection, first seed
+    best = max(range(len(docs)), key=lambda i: (docs[i]["point"]["n_inject"], -docs[i]["point"]["seed"]))
+    doc, pdir = docs[best], Path(out_dir) / result["points_dirs"][best]
+    metrics = doc.get("detector_metrics") or []
+    detail = []
+    if (b := plot_sic_curves(metrics, f"{doc['point']['n_inject']} injected, seed {doc['point']['seed']}")):
+        detail.append(_img(b, "SIC curves with the ceilings"))
+    for p in doc.get("plots", []):
+        if (pdir / p).exists():
+            detail.append(_img(base64.b64encode((pdir / p).read_bytes()).decode(), Path(p).stem))
+    training = json.loads((pdir / "training.json").read_text()) if (pdir / "training.json").exists() else []
+    if (b := plot_training(training)):
+        detail.append(_img(b, "training curves"))
+    sections.append((f"Point in detail: {doc['point']['n_inject']} injected, seed {doc['point']['seed']} "
+                     f"({result['points_dirs'][best]}/report.html)", "".join(detail)))
+    path = Path(out_dir) / "report.html"
+    with atomic_path(path, ".html") as tmp:
+        tmp.write_text(html_page("sideband injection scan", sections))
+    return path

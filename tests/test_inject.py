@@ -1,0 +1,86 @@
+"""A tiny injection scan end to end, and the HTML reports."""
+
+import json
+
+import pytest
+import yaml
+
+from workflows.cli import main
+
+TINY = {"seed": 1, "stats": {"selections": [0.1, 0.02]},
+        "detectors": {"cwola": {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 30}}},
+                      "supervised": {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 30}}}},
+        "compute": {"scheduler": "synchronous"}}
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory, demo_frame):
+    tmp = tmp_path_factory.mktemp("inject")
+    bkg, sig = tmp / "bkg.h5", tmp / "sig.h5"
+    demo_frame[demo_frame.label == 0].iloc[:12_000].to_hdf(bkg, key="df", mode="w")
+    demo_frame[demo_frame.label == 1].to_hdf(sig, key="df", mode="w")
+    cfg = tmp / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    out = tmp / "scan"
+    assert main(["inject", "--config", str(cfg), "--data", str(bkg), "--signal", str(sig), "--counts", "0,200",
+                 "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
+    return out, json.loads((out / "inject_results.json").read_text())
+
+
+def test_every_point_has_its_records(scan):
+    out, res = scan
+    pts = res["points"]
+    assert sorted((p["n_inject"], p["seed"]) for p in pts) == [(0, 1), (0, 2), (200, 1), (200, 2)]
+    for p in pts:
+        assert p["s_sr"] + p["b_sr"] > 0
+        if p["n_inject"] == 0:
+            assert p["s_sr"] == 0 and "supervised" not in p["detectors"]  # nothing to learn from
+        else:
+            assert 0.5 * 200 < p["s_sr"] < 200  # most of the injected signal sits in the SR
+            assert p["s_over_sqrt_b"] == pytest.approx(p["s_sr"] / p["b_sr"] ** 0.5)
+            sup = p["detectors"]["supervised"]
+            assert sup["max_sic"] > 1 and sup["auc"] > 0.6 and len(sup["sic_curve"]["sic"]) > 10
+            assert set(p["detectors"]["cwola"]["z"]) == {"0.1", "0.02"}
+            assert all(v is not None for v in p["detectors"]["cwola"]["upper_limit"].values())
+    assert (out / "points" / "sig-n200-s1" / "results.json").exists()
+
+
+def test_summary_has_medians_over_seeds(scan):
+    _, res = scan
+    rows = {(r["n_inject"], r["detector"]): r for r in res["summary"]}
+    assert rows[(200, "supervised")]["n_seeds"] == 2 and rows[(200, "supervised")]["max_sic_median"] > 1
+    assert rows[(0, "cwola")]["max_sic_median"] is None  # no signal, no SIC
+    assert rows[(200, "none")]["z_best_median"] is not None
+
+
+def test_injection_report_is_self_contained(scan):
+    out, _ = scan
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5  # Z, SIC, limits, SIC curves, spectra (+ training)
+    assert "<table>" in page and "Summary" in page and "src=\"http" not in page
+
+
+def test_search_report_blind_and_unblind(scan, tmp_path, small_h5):
+    out, _ = scan
+    point = (out / "points" / "sig-n200-s1" / "report.html").read_text()
+    assert "SIC curves" in point and "Training curves" in point
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "detectors": {"cwola": TINY["detectors"]["cwola"]}}))
+    assert main(["search", "--config", str(cfg), "--data", str(small_h5), "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0
+    blind = (tmp_path / "b" / "report.html").read_text()
+    assert "BLINDED" in blind and "SIC curves" not in blind and "<td>blind</td>" in blind
+
+
+def test_rerun_resumes_every_point(scan, tmp_path):
+    out, res = scan
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    before = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("train-*.npz")}
+    bkg = out.parent / "bkg.h5"
+    sig = out.parent / "sig.h5"
+    assert main(["inject", "--config", str(cfg), "--data", str(bkg), "--signal", str(sig), "--counts", "0,200",
+                 "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
+    after = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("train-*.npz")}
+    assert after == before  # nothing retrained
+    assert json.loads((out / "inject_results.json").read_text())["summary"] == res["summary"]
