@@ -96,12 +96,18 @@ def load_detector_class(name: str) -> type[BaseDetector]:
 
 
 def available_detectors() -> list[str]:
+    """Modules of ``detectors`` that define a ``Detector`` (event scorers)."""
     import pkgutil
 
     import detectors
 
-    return sorted(m.name for m in pkgutil.iter_modules(detectors.__path__) if not m.name.startswith("_")
-                  and m.name != "base")
+    names = []
+    for m in pkgutil.iter_modules(detectors.__path__):
+        if m.name.startswith("_") or m.name == "base":
+            continue
+        if hasattr(importlib.import_module(f"detectors.{m.name}"), "Detector"):
+            names.append(m.name)
+    return sorted(names)
 
 
 def make_detector(name: str, params: dict, random_state: int | None = None) -> BaseDetector:

@@ -62,11 +62,16 @@ class FitConfig(_Strict):
     bin_width: float = Field(default=100.0, gt=0)
     n_params: list[Literal[3, 4, 5]] = Field(default_factory=lambda: [3, 4, 5])
     ftest_alpha: float = Field(default=0.05, gt=0, lt=1)
+    #: SR background from the dijet function alone, or dijet mean + Gaussian process
+    #: (covariance of both propagated into the pyhf model).
+    background: Literal["dijet", "gp"] = "dijet"
 
 
 class StatsConfig(_Strict):
     selections: list[float] = Field(default_factory=lambda: [0.1, 0.01, 0.002])
     cl: float = Field(default=0.95, gt=0.5, lt=1)
+    #: Background-only pseudo-experiments for the global significance (0: none).
+    global_toys: int = Field(default=20_000, ge=0)
 
     @field_validator("selections")
     @classmethod

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever node outputs change meaning, so stale caches are not reused.
 NODE_VERSION = 1
+#: Truth-based benchmark detectors: not searches, so not part of the look-elsewhere trials.
+CEILINGS = ("supervised", "idealized")
 
 
 def demo_data_path() -> Path:
@@ -356,15 +358,28 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
             in_sr = w.in_sr(m)
             row["n_signal_sr_truth"] = int(np.sum(passed & in_sr & (truth > 0.5)))
         try:
-            fit = fit_dijet_ftest(edges, counts, ~sr_bins, tuple(fit_cfg["n_params"]), fit_cfg["ftest_alpha"])
-            b, sb = fit.predict(sr_bins)
+            if fit_cfg.get("background", "dijet") == "gp":
+                from detectors.gp_fit import gp_background
+
+                allb = np.ones(len(counts), bool)
+                fit, gp, mu_all, cov_all = gp_background(edges, counts, ~sr_bins, allb, tuple(fit_cfg["n_params"]),
+                                                         fit_cfg["ftest_alpha"])
+                b = float(mu_all[sr_bins].sum())
+                sb = float(np.sqrt(max(cov_all[np.ix_(sr_bins, sr_bins)].sum(), 0.0)))
+                row["gp"] = gp.params()
+                expected_override = mu_all
+            else:
+                fit = fit_dijet_ftest(edges, counts, ~sr_bins, tuple(fit_cfg["n_params"]), fit_cfg["ftest_alpha"])
+                b, sb = fit.predict(sr_bins)
+                expected_override = None
             sig = discovery_and_limit(b if blind else n_obs, b, sb, stats_cfg["cl"])
             row.update({"n_expected_sr": b, "n_expected_sr_unc": sb,
                         "z_local": None if blind else sig.z_local, "p0": None if blind else sig.p0,
                         "upper_limit": None if blind else sig.upper_limit,
                         "upper_limit_expected": sig.upper_limit_expected,
-                        "fit": fit.summary(), "status": sig.status if fit.converged else "fit not converged"})
-            expected = fit.expected.tolist()
+                        "fit": fit.summary() | {"background": fit_cfg.get("background", "dijet")},
+                        "status": sig.status if fit.converged else "fit not converged"})
+            expected = (fit.expected if expected_override is None else expected_override).tolist()
         except (ValueError, np.linalg.LinAlgError) as exc:
             row.update({"n_expected_sr": None, "n_expected_sr_unc": None, "z_local": None, "p0": None,
                         "upper_limit": None, "upper_limit_expected": None, "fit": None,
@@ -400,7 +415,14 @@ def report_node(stats_outputs: list[dict], loaded: dict, meta: dict, out_dir: st
     """Collect rows, write ``results.json`` and the spectrum plots."""
     from .report import plot_spectra, write_results
 
-    rows = [r for s in stats_outputs for r in s["rows"]]
+    from .stats import global_significance
+
+    rows = [dict(r) for s in stats_outputs for r in s["rows"]]
+    lee = None
+    if not meta.get("blinded", True):
+        n_toys = int(meta.get("config", {}).get("stats", {}).get("global_toys", 0))
+        lee = global_significance([r for r in rows if r["detector"] not in CEILINGS], n_toys,
+                                  seed=int(meta.get("seed") or 0))
     plots = plot_spectra(stats_outputs, Path(out_dir) / "plots")
     metrics = [s["metrics"] for s in stats_outputs if s.get("metrics")]
     write_json(Path(out_dir) / "training.json", [s["training"] for s in stats_outputs if s.get("training")])
@@ -408,7 +430,7 @@ def report_node(stats_outputs: list[dict], loaded: dict, meta: dict, out_dir: st
     write_json(Path(out_dir) / "timing.json", [s["timing"] for s in stats_outputs])
     path = write_results(Path(out_dir), rows, meta | {"inputs": loaded["sources"], "n_events": loaded["n_events"],
                                                       "n_injected": loaded["n_injected"], "plots": plots,
-                                                      "detector_metrics": metrics})
+                                                      "detector_metrics": metrics, "look_elsewhere": lee})
     from .report import write_html_report
 
     write_html_report(Path(out_dir))

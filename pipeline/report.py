@@ -59,7 +59,7 @@ def _fmt(v, spec: str, missing: str = "-") -> str:
 def format_table(rows: list[dict]) -> str:
     """A plain-text table, one line per window x detector x selection."""
     head = (f"{'window [GeV]':<13} {'detector':<11} {'sel':>7} {'n_sel':>8} {'B_exp (SR)':>16} "
-            f"{'obs (SR)':>8} {'Z_local':>7} {'UL95':>8} {'UL95 exp':>8}  fit")
+            f"{'obs (SR)':>8} {'Z_local':>7} {'Z_glob':>6} {'UL95':>8} {'UL95 exp':>8}  fit")
     lines = [head, "-" * len(head)]
     for r in rows:
         b = r.get("n_expected_sr")
@@ -70,6 +70,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['window']:<13} {r['detector']:<11} {r['selection']:>7.3g} "
                      f"{_fmt(r.get('n_selected'), '8d', hidden):>8} {bexp:>16} "
                      f"{_fmt(r.get('n_observed_sr'), '8d', hidden):>8} {_fmt(r.get('z_local'), '7.2f', hidden):>7} "
+                     f"{_fmt(r.get('z_global'), '6.2f', hidden):>6} "
                      f"{_fmt(r.get('upper_limit'), '8.1f', hidden):>8} "
                      f"{_fmt(r.get('upper_limit_expected'), '8.1f'):>8}  {fit_s}")
     return "\n".join(lines)

@@ -79,3 +79,24 @@ def test_ftest_adds_a_parameter_when_needed():
     for seed in (1, 2, 3):
         counts, _ = _sample_spectrum(np.array([np.log(2e-1), 5.0, 8.0, 1.5]), edges, seed=seed)
         assert fit_dijet_ftest(edges, counts, ~sr).n_params >= 4
+
+
+def test_on_off_formula_matches_pyhf():
+    from pipeline.stats import z_on_off
+
+    for n, b, s in [(130, 100.0, 10.0), (20, 5.0, 2.0), (10_300, 10_000.0, 50.0), (3, 5.0, 1.0)]:
+        assert float(z_on_off(n, b, s)) == pytest.approx(discovery_and_limit(n, b, s).z_local, abs=2e-3)
+
+
+def test_global_significance_is_below_local_and_grows_with_trials():
+    from pipeline.stats import global_significance
+
+    def rows(k):
+        return [{"z_local": 3.0, "n_expected_sr": 100.0, "n_expected_sr_unc": 5.0} for _ in range(k)]
+
+    one, many = rows(1), rows(30)
+    global_significance(one, n_toys=20_000)
+    info = global_significance(many, n_toys=20_000)
+    assert one[0]["z_global"] == pytest.approx(3.0, abs=0.3)  # one test: global ~ local
+    assert many[0]["z_global"] < one[0]["z_global"] - 0.5  # 30 trials dilute it
+    assert info["n_tests"] == 30 and info["max_z_quantiles"]["0.5"] > 1.0
