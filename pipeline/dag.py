@@ -179,11 +179,7 @@ def prepare_node(loaded: dict, window: dict, detector: str, params: dict, featur
         return out
     from detectors.base import make_detector
 
-    limit_threads(threads)
-    t0 = time.perf_counter()
-    events = _read_table(loaded["events_path"])
-    w = _window(window)
-    m = events["mjj"].to_numpy()
+    t0, events, w, m = _training_inputs(loaded, window, threads)
     sb = w.in_sb(m)
     det = make_detector(detector, params, random_state=_node_seed(seed, "prepare", window["name"]))
     state = det.fit_sidebands(events[features].to_numpy(np.float32)[sb], m[sb], signal_region=(w.sr_lo, w.sr_hi))
@@ -192,6 +188,14 @@ def prepare_node(loaded: dict, window: dict, detector: str, params: dict, featur
         with open(tmp, "wb") as f:
             pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
     return out
+
+
+def _training_inputs(loaded: dict, window: dict, threads: int):
+    """Common start of training nodes: cap threads, start the clock, read the event table."""
+    limit_threads(threads)
+    t0 = time.perf_counter()
+    events = _read_table(loaded["events_path"])
+    return t0, events, _window(window), events["mjj"].to_numpy()
 
 
 def _node_seed(*parts) -> int:
@@ -229,11 +233,7 @@ def train_node(loaded: dict, window: dict, detector: str, params: dict, features
         return out
     from detectors.base import make_detector
 
-    limit_threads(threads)
-    t0 = time.perf_counter()
-    events = _read_table(loaded["events_path"])
-    w = _window(window)
-    m = events["mjj"].to_numpy()
+    t0, events, w, m = _training_inputs(loaded, window, threads)
     X = events[features].to_numpy(np.float32)
     source = ", ".join(s["path"] for s in loaded["sources"])
     check_window_counts(w, m, n_folds, source=source)
