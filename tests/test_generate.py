@@ -75,3 +75,13 @@ def test_bad_signal_masses_are_user_errors(tmp_path, capsys):
     assert main(["generate", "signal", "--events", "5", "--m-res", "500", "--out", str(tmp_path),
                  "--scheduler", "synchronous"]) == 2
     assert "--m-res 500 must exceed" in capsys.readouterr().err
+
+
+def test_demo_mixture(tmp_path):
+    assert main(["generate", "demo", "--events", "12", "--n-signal", "4", "--seed", "31", "--chunk-size", "6",
+                 "--out", str(tmp_path), "--name", "demo_events", "--scheduler", "synchronous", "--no-progress"]) == 0
+    demo = pd.read_hdf(tmp_path / "demo_events_features.h5", "df")
+    assert len(demo) == 16 and int(demo["label"].sum()) == 4
+    assert demo["label"].iloc[:12].sum() < 4  # shuffled, not stacked
+    meta = json.loads((tmp_path / "demo_events_meta.json").read_text())
+    assert meta["process"]["qcd_events"] == 12 and meta["process"]["signal_events"] == 4
