@@ -27,16 +27,21 @@ class SicCurve:
     max_sic: float
     n_background: int
     n_signal: int
+    min_background: int = 50
 
     def sic_at(self, eps_s: float) -> float:
         """SIC at a fixed signal efficiency (linear interpolation)."""
         return float(np.interp(eps_s, self.eps_s, self.sic))
 
     def to_dict(self, n_points: int = 60) -> dict:
+        """Curve on a grid of eps_S; None where fewer than ``min_background`` events pass."""
         grid = np.linspace(0.01, 1.0, n_points)
+        eps_b = np.interp(grid, self.eps_s, self.eps_b)
+        sic = [self.sic_at(e) if eb * self.n_background >= self.min_background else None
+               for e, eb in zip(grid, eps_b)]
         return {"auc": self.auc, "max_sic": self.max_sic, "n_background": self.n_background,
-                "n_signal": self.n_signal, "eps_s": grid.tolist(),
-                "sic": [self.sic_at(e) for e in grid]}
+                "n_signal": self.n_signal, "min_background": self.min_background, "eps_s": grid.tolist(),
+                "sic": sic}
 
 
 def sic_curve(score_signal: np.ndarray, score_background: np.ndarray, min_background: int = 50) -> SicCurve:
@@ -58,7 +63,7 @@ def sic_curve(score_signal: np.ndarray, score_background: np.ndarray, min_backgr
     max_sic = float(sic[ok].max()) if ok.any() else float("nan")
     order = np.argsort(tpr, kind="stable")
     return SicCurve(eps_s=tpr[order], eps_b=fpr[order], sic=sic[order], auc=auc, max_sic=max_sic,
-                    n_background=len(b), n_signal=len(s))
+                    n_background=len(b), n_signal=len(s), min_background=min_background)
 
 
 def summarise_seeds(values) -> dict:

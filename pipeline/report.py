@@ -174,7 +174,8 @@ def plot_sic_curves(metrics: list[dict], title: str = "") -> str | None:
         fig, ax = plt.subplots(figsize=(8, 6))
         for i, m in enumerate(metrics):
             ls = "--" if m["detector"] in CEILINGS else "-"
-            ax.plot(m["eps_s"], m["sic"], ls, color=f"C{i}",
+            sic = [np.nan if v is None else v for v in m["sic"]]
+            ax.plot(m["eps_s"], sic, ls, color=f"C{i}",
                     label=f"{m['detector']} (AUC {m['auc']:.2f}, max {m['max_sic']:.1f})")
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xlabel("signal efficiency ε_S")

@@ -36,3 +36,12 @@ def test_min_background_guards_max_sic():
 def test_seed_summary():
     out = summarise_seeds([1.0, 2.0, 3.0, None, float("nan")])
     assert out["median"] == 2.0 and out["n"] == 3 and out["lo"] < 2.0 < out["hi"]
+
+
+def test_curve_for_reports_hides_the_few_event_tail():
+    rng = np.random.default_rng(2)
+    c = sic_curve(rng.normal(1.5, 1, 2000), rng.normal(0, 1, 2000), min_background=50)
+    d = c.to_dict()
+    kept = [v for v in d["sic"] if v is not None]
+    assert d["sic"][0] is None and kept  # lowest eps_S: fewer than 50 background events pass
+    assert max(kept) <= c.max_sic + 1e-9
