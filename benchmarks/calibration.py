@@ -4,7 +4,8 @@ Truth: the dijet function fitted to the inclusive R&D QCD spectrum (``--data``; 
 built-in shape when the file is absent), scaled by ``--scale`` to mimic a selection (1: the
 inclusive ~78k events in 2.8-6 TeV; 0.01 and 0.002: the 1% and 0.2% selections). Each
 pseudo-experiment draws Poisson counts in every bin, fits the dijet function outside the SR
-(F-test), predicts the SR background with its uncertainty and computes the local Z of the
+(F-test), predicts the SR background with its uncertainty (fit plus function choice, the
+same ``pipeline.stats.predict_background`` the search uses) and computes the local Z of the
 pyhf model (q0, asymptotic): by default with the closed form of that model's on/off problem
 (``pipeline.stats.z_on_off``, equal to pyhf's value to 1e-3, checked in tests/test_stats.py)
 so that enough pseudo-experiments reach the 3 sigma tail; ``--pyhf-z`` calls pyhf for each. Printed: the fraction with Z > 1, 2, 3 against the Gaussian rates. Coverage
@@ -29,7 +30,7 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.stats import discovery_and_limit, fit_dijet, fit_dijet_ftest, make_edges, z_on_off  # noqa: E402
+from pipeline.stats import discovery_and_limit, fit_dijet, make_edges, predict_background, z_on_off  # noqa: E402
 
 NOMINAL = {"1": float(stats.norm.sf(1)), "2": float(stats.norm.sf(2)), "3": float(stats.norm.sf(3))}
 
@@ -55,8 +56,8 @@ def run_scale(scale, args, truth, edges, sr_bins, rng):
     for _ in range(args.n_pseudo):
         counts = rng.poisson(base)
         try:
-            fit = fit_dijet_ftest(edges, counts, ~sr_bins)
-            b, sb = fit.predict(sr_bins)
+            pred = predict_background(edges, counts, ~sr_bins, sr_bins)
+            b, sb = pred.b, pred.sigma
             n = int(counts[sr_bins].sum())
             if args.pyhf_z:
                 zz = discovery_and_limit(n, b, sb, limit=False).z_local
@@ -79,9 +80,8 @@ def run_scale(scale, args, truth, edges, sr_bins, rng):
     for _ in range(args.n_limit):
         counts = rng.poisson(base + s_true * shape)
         try:
-            fit = fit_dijet_ftest(edges, counts, ~sr_bins)
-            b, sb = fit.predict(sr_bins)
-            r = discovery_and_limit(int(counts[sr_bins].sum()), b, sb)
+            pred = predict_background(edges, counts, ~sr_bins, sr_bins)
+            r = discovery_and_limit(int(counts[sr_bins].sum()), pred.b, pred.sigma)
         except ValueError:
             continue
         if np.isfinite(r.upper_limit):

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever node outputs change meaning, so stale caches are not reused.
 NODE_VERSION = 1
+#: Bumped when the statistics change: stats nodes rerun, trained models are reused.
+STATS_VERSION = 2
 #: Truth-based benchmark detectors: not searches, so not part of the look-elsewhere trials.
 CEILINGS = ("supervised", "idealized")
 
@@ -319,7 +321,7 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
     """
     if Path(out).exists():
         return json.loads(Path(out).read_text())
-    from .stats import discovery_and_limit, fit_dijet_ftest, make_edges
+    from .stats import discovery_and_limit, make_edges, predict_background
 
     events = _read_table(loaded["events_path"])
     m = events["mjj"].to_numpy()
@@ -369,8 +371,11 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
                 row["gp"] = gp.params()
                 expected_override = mu_all
             else:
-                fit = fit_dijet_ftest(edges, counts, ~sr_bins, tuple(fit_cfg["n_params"]), fit_cfg["ftest_alpha"])
-                b, sb = fit.predict(sr_bins)
+                pred = predict_background(edges, counts, ~sr_bins, sr_bins, tuple(fit_cfg["n_params"]),
+                                          fit_cfg["ftest_alpha"])
+                fit, b, sb = pred.fit, pred.b, pred.sigma
+                row["n_expected_sr_unc_fit"] = pred.sigma_fit
+                row["n_expected_sr_unc_function"] = pred.sigma_function
                 expected_override = None
             sig = discovery_and_limit(b if blind else n_obs, b, sb, stats_cfg["cl"])
             row.update({"n_expected_sr": b, "n_expected_sr_unc": sb,
@@ -460,7 +465,7 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
     stats_refs = []
     for w in windows:
         wd = w.to_dict()
-        skey = cache_key(NODE_VERSION, data_id, cfg.seed, wd, fit_cfg, stats_cfg, "none", blind)
+        skey = cache_key(NODE_VERSION, STATS_VERSION, data_id, cfg.seed, wd, fit_cfg, stats_cfg, "none", blind)
         stats_refs.append(g.add(Node(f"stats-none-{w.name}-{skey}", stats_node,
                                      (loaded, None, wd, "none", fit_cfg, stats_cfg, blind,
                                       str(cache / f"stats-{skey}.json")), "stats")))
@@ -483,7 +488,7 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
                     "train", gpu)))
             merged = g.add(Node(f"merge-{name}-{w.name}-{tkey}", merge_node,
                                 (loaded, fold_refs, str(cache / f"scores-{tkey}.npz")), "merge"))
-            skey = cache_key(tkey, fit_cfg, stats_cfg, blind)
+            skey = cache_key(tkey, STATS_VERSION, fit_cfg, stats_cfg, blind)
             stats_refs.append(g.add(Node(f"stats-{name}-{w.name}-{skey}", stats_node,
                                          (loaded, merged, wd, name, fit_cfg, stats_cfg, blind,
                                           str(cache / f"stats-{skey}.json")), "stats")))

@@ -100,3 +100,16 @@ def test_global_significance_is_below_local_and_grows_with_trials():
     assert one[0]["z_global"] == pytest.approx(3.0, abs=0.3)  # one test: global ~ local
     assert many[0]["z_global"] < one[0]["z_global"] - 0.5  # 30 trials dilute it
     assert info["n_tests"] == 30 and info["max_z_quantiles"]["0.5"] > 1.0
+
+
+def test_function_choice_uncertainty_covers_a_too_simple_function():
+    from pipeline.stats import predict_background
+
+    # truth has 4 parameters: the 3-parameter function is biased; the alternative shows it
+    edges = make_edges((2800, 6000), 100, (3300, 3700))
+    sr = (edges[:-1] >= 3300) & (edges[1:] <= 3700)
+    counts, expected = _sample_spectrum(np.array([np.log(2e-1), 5.0, 8.0, 1.5]), edges, seed=2)
+    pred = predict_background(edges, counts, ~sr, sr, n_params_options=(3,))
+    assert pred.fit.n_params == 3 and pred.sigma_function > 0
+    assert pred.sigma == pytest.approx(np.hypot(pred.sigma_fit, pred.sigma_function))
+    assert abs(pred.b - expected[sr].sum()) < 3 * pred.sigma
