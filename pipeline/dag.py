@@ -339,7 +339,7 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
     else:
         with np.load(scores_path) as z:
             scores, wall = z["scores"], float(z["wall_s"])
-            histories = json.loads(str(z["histories"]))
+            histories = json.loads(str(z["histories"])) if "histories" in z.files else []
         selections = stats_cfg["selections"]
     rows, spectra = [], []
     for eff in selections:

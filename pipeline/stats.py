@@ -350,7 +350,7 @@ def discovery_and_limit(n_obs: int, b: float, sigma_b: float, cl: float = 0.95,
                 warnings.simplefilter("ignore", RuntimeWarning)
                 obs, exp = pyhf.infer.intervals.upper_limits.upper_limit(data, model, scan=scan, level=1.0 - cl)
             ul_obs, ul_exp = float(obs) * s0, float(exp[2]) * s0
-            if np.isfinite(ul_obs) and (scan is None or ul_obs < scan[-1]):
+            if np.isfinite(ul_obs) and (scan is None or float(obs) < scan[-1]):  # scan is in POI units
                 break
             notes.append(f"upper_limit attempt {attempt + 1}: limit {ul_obs:g} not bracketed")
         except Exception as exc:

@@ -113,3 +113,10 @@ def test_function_choice_uncertainty_covers_a_too_simple_function():
     assert pred.fit.n_params == 3 and pred.sigma_function > 0
     assert pred.sigma == pytest.approx(np.hypot(pred.sigma_fit, pred.sigma_function))
     assert abs(pred.b - expected[sr].sum()) < 3 * pred.sigma
+
+
+def test_limit_falls_back_to_a_grid_when_root_finding_fails():
+    # for this input pyhf's CLs is NaN at mu = 0, so toms748 fails and the grid scan must answer
+    r = discovery_and_limit(17436, 17523.44208577393, 131.5)
+    assert np.isfinite(r.upper_limit) and r.status == "ok"
+    assert r.upper_limit == pytest.approx(discovery_and_limit(17436, 17523.44208577393, 131.9).upper_limit, rel=0.02)

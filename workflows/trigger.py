@@ -128,7 +128,7 @@ def export_trigger(run_dir: str | Path, out_dir: str | Path, *, rate: float = 1e
     X = events[feats].to_numpy(np.float32)[~trained]
     labels = events["label"].to_numpy()[~trained] if "label" in events else None
     with torch.no_grad():
-        score = model(torch.as_tensor(X)).squeeze(1).numpy()
+        score = model(torch.tensor(X)).squeeze(1).numpy()
     bkg = labels < 0.5 if labels is not None else np.ones(len(X), bool)
     if bkg.sum() < 10 / rate:
         log.warning("only %d background events to calibrate a rate of %g", int(bkg.sum()), rate)
@@ -140,7 +140,7 @@ def export_trigger(run_dir: str | Path, out_dir: str | Path, *, rate: float = 1e
 
         sig, _ = read_events(signal_path)
         with torch.no_grad():
-            sig_scores = model(torch.as_tensor(sig[feats].to_numpy(np.float32))).squeeze(1).numpy()
+            sig_scores = model(torch.tensor(sig[feats].to_numpy(np.float32))).squeeze(1).numpy()
     elif labels is not None and (labels > 0.5).any():
         sig_scores = score[labels > 0.5]
     sig_acc = float(np.mean(sig_scores > threshold)) if sig_scores is not None else None
