@@ -114,10 +114,12 @@ def load_node(data_cfg: dict, cache_dir: str, seed: int, signal_regions: list | 
     from .io import load_events
 
     path = data_cfg["path"] or str(demo_data_path())
-    ev_cache = Path(cache_dir) / "events"
-    events, source = load_events(path, data_cfg["format"], cache_dir=ev_cache, key=data_cfg["key"],
-                                 tree=data_cfg["tree"], chunk_size=data_cfg["chunk_size"],
-                                 strict=data_cfg["strict"])
+
+    def load(file, fmt):
+        return load_events(file, fmt, cache_dir=Path(cache_dir) / "events", key=data_cfg["key"],
+                           tree=data_cfg["tree"], chunk_size=data_cfg["chunk_size"], strict=data_cfg["strict"])
+
+    events, source = load(path, data_cfg["format"])
     sources = [source.to_dict()]
     m_lo, m_hi = float(events["mjj"].min()), float(events["mjj"].max())
     for lo, hi in signal_regions:
@@ -129,9 +131,7 @@ def load_node(data_cfg: dict, cache_dir: str, seed: int, signal_regions: list | 
     inj = data_cfg.get("inject")
     n_injected = 0
     if inj and inj["n_events"] > 0:
-        sig, sig_source = load_events(inj["path"], inj["format"], cache_dir=ev_cache, key=data_cfg["key"],
-                                      tree=data_cfg["tree"], chunk_size=data_cfg["chunk_size"],
-                                      strict=data_cfg["strict"])
+        sig, sig_source = load(inj["path"], inj["format"])
         sm = sig["mjj"].to_numpy()
         if signal_regions and not any(np.any((sm >= lo) & (sm < hi)) for lo, hi in signal_regions):
             raise InputFileError(
@@ -161,15 +161,9 @@ def load_node(data_cfg: dict, cache_dir: str, seed: int, signal_regions: list | 
             events.to_parquet(tmp, index=False)
     reference_path = None
     if data_cfg.get("reference"):
-        ref, ref_source = load_events(data_cfg["reference"], "auto", cache_dir=ev_cache, key=data_cfg["key"],
-                                      tree=data_cfg["tree"], chunk_size=data_cfg["chunk_size"],
-                                      strict=data_cfg["strict"])
+        _, ref_source = load(data_cfg["reference"], "auto")
         sources.append(ref_source.to_dict() | {"role": "reference"})
-        reference_path = Path(cache_dir) / f"reference-{ref_source.content_hash}.parquet"
-        if not reference_path.exists():
-            with atomic_path(reference_path, ".parquet") as tmp:
-                ref.to_parquet(tmp, index=False)
-        reference_path = str(reference_path)
+        reference_path = ref_source.table_path  # the event cache's Parquet copy
     return {"events_path": str(target), "sources": sources, "n_events": len(events),
             "n_injected": n_injected, "reference_path": reference_path}
 
@@ -331,6 +325,7 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
     edges = make_edges((lo, hi), fit_cfg["bin_width"], (w.sr_lo, w.sr_hi))
     sr_bins = (edges[:-1] >= w.sr_lo) & (edges[1:] <= w.sr_hi)
     truth = events["label"].to_numpy() if "label" in events else None
+    in_sr = w.in_sr(m)
     if scores_path is None:
         scores = np.ones(len(m))
         selections = [1.0]
@@ -357,7 +352,6 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
             "n_observed_sr": None if blind else n_obs,
         }
         if truth is not None and not blind:
-            in_sr = w.in_sr(m)
             row["n_signal_sr_truth"] = int(np.sum(passed & in_sr & (truth > 0.5)))
         try:
             if fit_cfg.get("background", "dijet") == "gp":
@@ -418,8 +412,7 @@ def _detector_metrics(scores, m, truth, w: Window, detector: str) -> dict | None
 
 def report_node(stats_outputs: list[dict], loaded: dict, meta: dict, out_dir: str) -> str:
     """Collect rows, write ``results.json`` and the spectrum plots."""
-    from .report import plot_spectra, write_results
-
+    from .report import plot_spectra, write_html_report, write_results
     from .stats import global_significance
 
     rows = [dict(r) for s in stats_outputs for r in s["rows"]]
@@ -436,8 +429,6 @@ def report_node(stats_outputs: list[dict], loaded: dict, meta: dict, out_dir: st
     path = write_results(Path(out_dir), rows, meta | {"inputs": loaded["sources"], "n_events": loaded["n_events"],
                                                       "n_injected": loaded["n_injected"], "plots": plots,
                                                       "detector_metrics": metrics, "look_elsewhere": lee})
-    from .report import write_html_report
-
     write_html_report(Path(out_dir))
     return str(path)
 

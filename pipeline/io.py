@@ -56,6 +56,8 @@ class EventSource:
     n_nonfinite: int = 0
     n_no_dijet: int = 0
     columns: tuple[str, ...] = field(default_factory=tuple)
+    #: The Parquet copy written by :func:`load_events` ("" when not cached).
+    table_path: str = ""
 
     def to_dict(self) -> dict:
         return {
@@ -400,9 +402,10 @@ def load_events(
     if target.exists() and meta.exists():
         info = json.loads(meta.read_text())
         info["columns"] = tuple(info["columns"])
+        info["table_path"] = str(target)
         return pd.read_parquet(target), EventSource(**info)
     events, source = read_events(path, fmt, key=key, tree=tree, chunk_size=chunk_size, strict=strict)
-    source = dataclasses.replace(source, content_hash=digest)
+    source = dataclasses.replace(source, content_hash=digest, table_path=str(target))
     with atomic_path(target, ".parquet") as tmp:
         events.to_parquet(tmp, index=False)
     info = dataclasses.asdict(source)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .cache import atomic_path, write_json
 
-__all__ = ["write_results", "format_table", "plot_spectra", "package_versions", "write_html_report",
+__all__ = ["write_results", "format_table", "fmt_value", "plot_spectra", "package_versions", "write_html_report",
            "write_injection_report", "RESULTS_SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def write_results(out_dir: Path, rows: list[dict], meta: dict) -> Path:
     return write_json(Path(out_dir) / "results.json", _clean(doc))
 
 
-def _fmt(v, spec: str, missing: str = "-") -> str:
+def fmt_value(v, spec: str, missing: str = "-") -> str:
+    """``format(v, spec)``, or ``missing`` for None and non-finite floats."""
     return missing if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
@@ -68,11 +69,11 @@ def format_table(rows: list[dict]) -> str:
         fit_s = (f"{fit['n_params']}p chi2/ndf={fit['chi2']:.1f}/{fit['ndf']}" if fit else r.get("status", ""))
         hidden = "blind" if r.get("n_observed_sr") is None else "-"
         lines.append(f"{r['window']:<13} {r['detector']:<11} {r['selection']:>7.3g} "
-                     f"{_fmt(r.get('n_selected'), '8d', hidden):>8} {bexp:>16} "
-                     f"{_fmt(r.get('n_observed_sr'), '8d', hidden):>8} {_fmt(r.get('z_local'), '7.2f', hidden):>7} "
-                     f"{_fmt(r.get('z_global'), '6.2f', hidden):>6} "
-                     f"{_fmt(r.get('upper_limit'), '8.1f', hidden):>8} "
-                     f"{_fmt(r.get('upper_limit_expected'), '8.1f'):>8}  {fit_s}")
+                     f"{fmt_value(r.get('n_selected'), '8d', hidden):>8} {bexp:>16} "
+                     f"{fmt_value(r.get('n_observed_sr'), '8d', hidden):>8} {fmt_value(r.get('z_local'), '7.2f', hidden):>7} "
+                     f"{fmt_value(r.get('z_global'), '6.2f', hidden):>6} "
+                     f"{fmt_value(r.get('upper_limit'), '8.1f', hidden):>8} "
+                     f"{fmt_value(r.get('upper_limit_expected'), '8.1f'):>8}  {fit_s}")
     return "\n".join(lines)
 
 
@@ -232,7 +233,7 @@ def _table_html(rows: list[dict]) -> str:
             v = r.get(key)
             cells.append("<td>" + ("blind" if v is None and key in ("n_observed_sr", "z_local", "upper_limit",
                                                                      "n_selected") and r.get("n_observed_sr") is None
-                                   else _fmt(v, spec) if spec else html.escape(str(v))) + "</td>")
+                                   else fmt_value(v, spec) if spec else html.escape(str(v))) + "</td>")
         fit = r.get("fit") or {}
         cells.append(f"<td>{fit['n_params']}p, χ²/ndf {fit['chi2']:.1f}/{fit['ndf']}</td>" if fit
                      else f"<td>{html.escape(str(r.get('status')))}</td>")
@@ -336,10 +337,10 @@ def write_injection_report(out_dir: Path, result: dict, docs: list[dict]) -> Pat
             "<th>detector</th><th>best Z (median)</th><th>max SIC (median)</th><th>AUC</th><th>seeds</th>"
             "</tr></thead><tbody>")
     body = "".join(
-        f"<tr><td>{html.escape(Path(r['signal']).name)}</td><td>{r['n_inject']}</td><td>{_fmt(r['s_over_b'], '.4f')}"
-        f"</td><td>{_fmt(r['s_over_sqrt_b'], '.2f')}</td><td>{html.escape(r['detector'])}</td>"
-        f"<td>{_fmt(r['z_best_median'], '.2f')}</td><td>{_fmt(r['max_sic_median'], '.2f')}</td>"
-        f"<td>{_fmt(r['auc_median'], '.3f')}</td><td>{r['n_seeds']}</td></tr>" for r in result["summary"])
+        f"<tr><td>{html.escape(Path(r['signal']).name)}</td><td>{r['n_inject']}</td><td>{fmt_value(r['s_over_b'], '.4f')}"
+        f"</td><td>{fmt_value(r['s_over_sqrt_b'], '.2f')}</td><td>{html.escape(r['detector'])}</td>"
+        f"<td>{fmt_value(r['z_best_median'], '.2f')}</td><td>{fmt_value(r['max_sic_median'], '.2f')}</td>"
+        f"<td>{fmt_value(r['auc_median'], '.3f')}</td><td>{r['n_seeds']}</td></tr>" for r in result["summary"])
     sections = [("Summary (median over seeds)", head + body + "</tbody></table>")]
     panels = [
         _img(_band_plot(points, "z", lambda p, d: p["detectors"][d]["z_best"], "best local Z after selection",

@@ -183,10 +183,9 @@ def _cmd_inject(args) -> int:
                         progress=None if args.no_progress else _progress_printer(),
                         on_start=None if args.no_progress else (lambda m: print(m, file=sys.stderr)))
     print(f"{'signal':<28} {'inj':>5} {'S/sqrtB':>7} {'detector':<11} {'Z best':>7} {'max SIC':>7} {'AUC':>6}")
-    for r in res["summary"]:
-        def f(v, spec):
-            return "-" if v is None else format(v, spec)
+    from pipeline.report import fmt_value as f
 
+    for r in res["summary"]:
         print(f"{Path(r['signal']).name:<28} {r['n_inject']:>5} {r['s_over_sqrt_b']:>7.2f} {r['detector']:<11} "
               f"{f(r['z_best_median'], '7.2f'):>7} {f(r['max_sic_median'], '7.2f'):>7} {f(r['auc_median'], '6.3f'):>6}")
     print(f"\nresults: {args.out}/inject_results.json   report: {args.out}/report.html")

@@ -203,8 +203,7 @@ def _hls(model, X, score, threshold, tcfg: TriggerConfig, out_dir: Path) -> dict
 
 
 def format_trigger_report(r: dict) -> str:
-    def f(v, spec):
-        return "-" if v is None else format(v, spec)
+    from pipeline.report import fmt_value as f
 
     lines = [
         f"trigger export: {r['detector']} (window {r['window']}, fold {r['fold']}), features {', '.join(r['features'])}",
