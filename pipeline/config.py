@@ -60,7 +60,9 @@ class RegionsConfig(_Strict):
 class FitConfig(_Strict):
     range: tuple[float, float] = (2800.0, 6000.0)
     bin_width: float = Field(default=100.0, gt=0)
-    n_params: list[Literal[3, 4, 5]] = Field(default_factory=lambda: [3, 4, 5])
+    #: Dijet functions (number of parameters) the F-test chooses among. The 3-parameter one
+    #: is biased for QCD-like spectra at high statistics (benchmarks/calibration.py).
+    n_params: list[Literal[3, 4, 5]] = Field(default_factory=lambda: [4, 5])
     ftest_alpha: float = Field(default=0.05, gt=0, lt=1)
     #: SR background from the dijet function alone, or dijet mean + Gaussian process
     #: (covariance of both propagated into the pyhf model).
@@ -72,6 +74,13 @@ class StatsConfig(_Strict):
     cl: float = Field(default=0.95, gt=0.5, lt=1)
     #: Background-only pseudo-experiments for the global significance (0: none).
     global_toys: int = Field(default=20_000, ge=0)
+    #: Local p-values: asymptotic (q0 of the pyhf model), from pseudo-experiments of the whole
+    #: background procedure (toys), or toys where the expected SR background is below
+    #: ``toys_below`` events, where the asymptotic formula overstates Z (auto).
+    p_value: Literal["auto", "toys", "asymptotic"] = "auto"
+    toys_below: float = Field(default=1000.0, ge=0)
+    #: Most pseudo-experiments per toy-based p-value (fewer when 50 reach the observed Z).
+    local_toys: int = Field(default=10_000, ge=100)
 
     @field_validator("selections")
     @classmethod

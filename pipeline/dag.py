@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 #: Bumped whenever node outputs change meaning, so stale caches are not reused.
 NODE_VERSION = 1
 #: Bumped when the statistics change: stats nodes rerun, trained models are reused.
-STATS_VERSION = 2
+STATS_VERSION = 3
 #: Truth-based benchmark detectors: not searches, so not part of the look-elsewhere trials.
 CEILINGS = ("supervised", "idealized")
 
@@ -306,16 +306,19 @@ def merge_node(loaded: dict, fold_outputs: list[str], out: str) -> str:
 
 
 def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: str, fit_cfg: dict,
-               stats_cfg: dict, blind: bool, out: str) -> dict:
+               stats_cfg: dict, blind: bool, seed: int, out: str) -> dict:
     """Selections -> dijet fit outside the SR -> predicted SR background -> pyhf.
 
     With ``blind`` nothing that depends on the selected SR data is computed or written:
     observed SR counts, Z, p0 and the observed limit are None, SR bins of the spectra are
-    None, and the expected limit uses the background prediction as the data.
+    None, and the expected limit uses the background prediction as the data. Unblinded,
+    ``z_local``/``p0`` come from pseudo-experiments of the whole background procedure where
+    ``stats.p_value`` asks for them (by default: expected SR background below
+    ``stats.toys_below``), else from pyhf's asymptotic q0; ``z_local_asymptotic`` is kept.
     """
     if Path(out).exists():
         return json.loads(Path(out).read_text())
-    from .stats import discovery_and_limit, make_edges, predict_background
+    from .stats import discovery_and_limit, make_edges, predict_background, toy_p_value, use_toys, z_on_off
 
     events = _read_table(loaded["events_path"])
     m = events["mjj"].to_numpy()
@@ -372,8 +375,24 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
                 row["n_expected_sr_unc_function"] = pred.sigma_function
                 expected_override = None
             sig = discovery_and_limit(b if blind else n_obs, b, sb, stats_cfg["cl"])
+            z_loc, p0 = sig.z_local, sig.p0
+            if not blind:
+                row["z_local_asymptotic"] = sig.z_local
+                row["p_value_method"] = "asymptotic"
+                if use_toys(stats_cfg.get("p_value", "auto"), b, stats_cfg.get("toys_below", 1000.0)):
+                    if fit_cfg.get("background", "dijet") == "gp":
+                        row["p_value_method"] = "asymptotic (no pseudo-experiments for the gp background)"
+                    else:
+                        toy = toy_p_value(edges, counts, ~sr_bins, sr_bins, float(z_on_off(n_obs, b, sb)),
+                                          int(stats_cfg.get("local_toys", 10_000)),
+                                          seed=_node_seed(seed, w.name, detector, float(eff)),
+                                          n_params_options=tuple(fit_cfg["n_params"]),
+                                          alpha=fit_cfg["ftest_alpha"])
+                        z_loc, p0 = toy["z"], toy["p0"]
+                        row["p_value_method"] = "toys"
+                        row["p0_toys"] = toy
             row.update({"n_expected_sr": b, "n_expected_sr_unc": sb,
-                        "z_local": None if blind else sig.z_local, "p0": None if blind else sig.p0,
+                        "z_local": None if blind else z_loc, "p0": None if blind else p0,
                         "upper_limit": None if blind else sig.upper_limit,
                         "upper_limit_expected": sig.upper_limit_expected,
                         "fit": fit.summary() | {"background": fit_cfg.get("background", "dijet")},
@@ -458,7 +477,7 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
         wd = w.to_dict()
         skey = cache_key(NODE_VERSION, STATS_VERSION, data_id, cfg.seed, wd, fit_cfg, stats_cfg, "none", blind)
         stats_refs.append(g.add(Node(f"stats-none-{w.name}-{skey}", stats_node,
-                                     (loaded, None, wd, "none", fit_cfg, stats_cfg, blind,
+                                     (loaded, None, wd, "none", fit_cfg, stats_cfg, blind, cfg.seed,
                                       str(cache / f"stats-{skey}.json")), "stats")))
         for name, det in cfg.enabled_detectors().items():
             feats = det.features or cfg.features
@@ -481,7 +500,7 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
                                 (loaded, fold_refs, str(cache / f"scores-{tkey}.npz")), "merge"))
             skey = cache_key(tkey, STATS_VERSION, fit_cfg, stats_cfg, blind)
             stats_refs.append(g.add(Node(f"stats-{name}-{w.name}-{skey}", stats_node,
-                                         (loaded, merged, wd, name, fit_cfg, stats_cfg, blind,
+                                         (loaded, merged, wd, name, fit_cfg, stats_cfg, blind, cfg.seed,
                                           str(cache / f"stats-{skey}.json")), "stats")))
     meta = dict(meta or {})
     meta["blinded"] = blind

@@ -70,11 +70,18 @@ def format_table(rows: list[dict]) -> str:
         hidden = "blind" if r.get("n_observed_sr") is None else "-"
         lines.append(f"{r['window']:<13} {r['detector']:<11} {r['selection']:>7.3g} "
                      f"{fmt_value(r.get('n_selected'), '8d', hidden):>8} {bexp:>16} "
-                     f"{fmt_value(r.get('n_observed_sr'), '8d', hidden):>8} {fmt_value(r.get('z_local'), '7.2f', hidden):>7} "
+                     f"{fmt_value(r.get('n_observed_sr'), '8d', hidden):>8} {_z_text(r, hidden):>7} "
                      f"{fmt_value(r.get('z_global'), '6.2f', hidden):>6} "
                      f"{fmt_value(r.get('upper_limit'), '8.1f', hidden):>8} "
                      f"{fmt_value(r.get('upper_limit_expected'), '8.1f'):>8}  {fit_s}")
+    if any(r.get("p_value_method") == "toys" for r in rows):
+        lines.append("t: Z_local from pseudo-experiments of the whole background procedure (stats.p_value)")
     return "\n".join(lines)
+
+
+def _z_text(r: dict, hidden: str) -> str:
+    z = fmt_value(r.get("z_local"), ".2f", hidden)
+    return z + "t" if r.get("p_value_method") == "toys" and r.get("z_local") is not None else z
 
 
 def plot_spectra(stats_outputs: list[dict], plot_dir: Path) -> list[str]:
@@ -231,9 +238,11 @@ def _table_html(rows: list[dict]) -> str:
         cells = []
         for key, _, spec in cols:
             v = r.get(key)
-            cells.append("<td>" + ("blind" if v is None and key in ("n_observed_sr", "z_local", "upper_limit",
-                                                                     "n_selected") and r.get("n_observed_sr") is None
-                                   else fmt_value(v, spec) if spec else html.escape(str(v))) + "</td>")
+            text = ("blind" if v is None and key in ("n_observed_sr", "z_local", "upper_limit", "n_selected")
+                    and r.get("n_observed_sr") is None else fmt_value(v, spec) if spec else html.escape(str(v)))
+            if key == "z_local" and v is not None and r.get("p_value_method") == "toys":
+                text += f" <small>({r['p0_toys']['n_toys']} toys)</small>"
+            cells.append("<td>" + text + "</td>")
         fit = r.get("fit") or {}
         cells.append(f"<td>{fit['n_params']}p, χ²/ndf {fit['chi2']:.1f}/{fit['ndf']}</td>" if fit
                      else f"<td>{html.escape(str(r.get('status')))}</td>")

@@ -33,6 +33,20 @@ def test_results_have_one_entry_per_window_detector_selection(searched):
     assert (out / "plots" / "mjj_cwola_3300-3700.png").stat().st_size > 1000
 
 
+def test_small_background_tests_get_toy_based_p_values(searched):
+    cfg, out, res = searched
+    rows = [r for r in res["results"] if r["n_expected_sr"] is not None]
+    assert any(r["n_expected_sr"] < cfg.stats.toys_below for r in rows)
+    for r in rows:
+        assert r["z_local_asymptotic"] is not None
+        if r["n_expected_sr"] < cfg.stats.toys_below:
+            assert r["p_value_method"] == "toys" and r["p0_toys"]["n_toys"] >= 500
+            assert r["p0"] == r["p0_toys"]["p0"]
+        else:
+            assert r["p_value_method"] == "asymptotic" and r["z_local"] == r["z_local_asymptotic"]
+        assert r["p_global"] >= r["p0"]
+
+
 def test_selection_keeps_the_requested_fraction(searched):
     cfg, out, res = searched
     rows = {(r["detector"], r["selection"]): r for r in res["results"]}

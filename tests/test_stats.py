@@ -86,6 +86,11 @@ def test_on_off_formula_matches_pyhf():
 
     for n, b, s in [(130, 100.0, 10.0), (20, 5.0, 2.0), (10_300, 10_000.0, 50.0), (3, 5.0, 1.0)]:
         assert float(z_on_off(n, b, s)) == pytest.approx(discovery_and_limit(n, b, s).z_local, abs=2e-3)
+    # a negligible uncertainty gives the known-background formula (no cancellation at tiny sigma_b)
+    for n, b in [(17_700, 17_477.0), (40, 30.0)]:
+        exact = np.sqrt(2 * (n * np.log(n / b) - (n - b)))
+        for s in (1e-2, 1e-4, 1e-6):
+            assert float(z_on_off(n, b, s)) == pytest.approx(exact, rel=1e-3)
 
 
 def test_global_significance_is_below_local_and_grows_with_trials():
@@ -120,3 +125,71 @@ def test_limit_falls_back_to_a_grid_when_root_finding_fails():
     r = discovery_and_limit(17436, 17523.44208577393, 131.5)
     assert np.isfinite(r.upper_limit) and r.status == "ok"
     assert r.upper_limit == pytest.approx(discovery_and_limit(17436, 17523.44208577393, 131.9).upper_limit, rel=0.02)
+
+
+def _four_param_toys(scale, n_toys, seed):
+    edges = make_edges((2800, 6000), 100, (3300, 3700))
+    sr = (edges[:-1] >= 3300) & (edges[1:] <= 3700)
+    _, expected = _sample_spectrum(np.array([np.log(2e-1), 5.0, 8.0, 1.5]), edges, seed=0)
+    toys = np.random.default_rng(seed).poisson(expected * scale, size=(n_toys, len(expected)))
+    return edges, sr, expected * scale, toys
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.002])
+def test_batched_prediction_is_the_same_procedure(scale):
+    from pipeline.stats import predict_background, predict_background_batch
+
+    edges, sr, expected, toys = _four_param_toys(scale, 40, seed=11)
+    start = {p: fit_dijet(edges, expected, ~sr, p).params for p in (4, 5)}
+    b, s = predict_background_batch(edges, toys, ~sr, sr, start)
+    for i, c in enumerate(toys):
+        ref = predict_background(edges, c, ~sr, sr)
+        assert b[i] == pytest.approx(ref.b, rel=1e-5)
+        assert s[i] == pytest.approx(ref.sigma, rel=1e-4)
+
+
+def test_toy_p_value_matches_asymptotics_at_large_counts_and_is_reproducible():
+    from pipeline.stats import toy_p_value
+
+    edges, sr, _, toys = _four_param_toys(1.0, 1, seed=12)
+    counts = toys[0]
+    r = toy_p_value(edges, counts, ~sr, sr, 1.5, n_toys=4000, seed=1, enough=10**9)
+    assert r["n_toys"] == 4000 and not r["bound"]
+    # ~3e4 events in the SR: the asymptotic formula holds, p = P(Z > 1.5) within 4 binomial errors
+    assert r["p0"] == pytest.approx(stats.norm.sf(1.5), abs=4 * np.sqrt(0.067 * 0.933 / 4000))
+    assert toy_p_value(edges, counts, ~sr, sr, 1.5, n_toys=4000, seed=1, enough=10**9) == r
+    far = toy_p_value(edges, counts, ~sr, sr, 9.0, n_toys=1000, seed=1)
+    assert far["bound"] and far["p0"] == pytest.approx(1e-3) and far["z"] == pytest.approx(stats.norm.isf(1e-3))
+    # stops early once enough pseudo-experiments reach a small Z
+    assert toy_p_value(edges, counts, ~sr, sr, 0.2, n_toys=10_000, seed=1)["n_toys"] == 500
+
+
+def test_global_significance_never_exceeds_local():
+    from pipeline.stats import global_significance
+
+    rows = [{"z_local": 2.0, "p0": float(stats.norm.sf(2.0)), "z_local_asymptotic": 2.4,
+             "n_expected_sr": 30.0, "n_expected_sr_unc": 5.0}]
+    global_significance(rows, n_toys=20_000)
+    assert rows[0]["p_global"] >= rows[0]["p0"] and rows[0]["z_global"] <= 2.0 + 1e-9
+
+
+def test_global_toys_draw_nested_selections_as_subsets():
+    from pipeline.stats import _nesting, global_significance
+
+    def rows():
+        out = [{"window": "w", "detector": "none", "selection": 1.0, "n_expected_sr": 10_000.0}]
+        out += [{"window": "w", "detector": "cwola", "selection": s, "n_expected_sr": 10_000.0 * s}
+                for s in (0.8, 0.6, 0.4)]
+        for r in out:
+            r.update(z_local=2.5, n_expected_sr_unc=0.3 * np.sqrt(r["n_expected_sr"]))
+        return out
+
+    nest = dict(_nesting(rows()))
+    assert nest == {0: None, 1: 0, 2: 1, 3: 2}
+    nested = rows()
+    info = global_significance(nested, n_toys=20_000)
+    independent = [dict(r, window=f"w{i}") for i, r in enumerate(rows())]  # no shared events
+    global_significance(independent, n_toys=20_000)
+    assert info["n_tests"] == 4
+    # correlated tests are fewer effective trials: a smaller look-elsewhere penalty
+    assert nested[0]["z_global"] > independent[0]["z_global"] + 0.05
