@@ -240,7 +240,7 @@ def _table_html(rows: list[dict]) -> str:
             v = r.get(key)
             text = ("blind" if v is None and key in ("n_observed_sr", "z_local", "upper_limit", "n_selected")
                     and r.get("n_observed_sr") is None else fmt_value(v, spec) if spec else html.escape(str(v)))
-            if key == "z_local" and v is not None and r.get("p_value_method") == "toys":
+            if key == "z_local" and v is not None and (r.get("p0_toys") or {}).get("n_toys"):
                 text += f" <small>({r['p0_toys']['n_toys']} toys)</small>"
             cells.append("<td>" + text + "</td>")
         fit = r.get("fit") or {}

@@ -418,6 +418,8 @@ def toy_p_value(edges, counts, fit_mask, target_mask, z_obs: float, n_toys: int 
     At small counts this replaces the asymptotic formula, which there overstates Z
     (benchmarks/calibration.py).
     """
+    if not z_obs > 0:  # Z is clipped at 0: every pseudo-experiment reaches it
+        return {"p0": 1.0, "z": 0.0, "n_toys": 0, "n_above": 0, "bound": False, "null_n_params": None}
     fit_mask = np.asarray(fit_mask, bool)
     target_mask = np.asarray(target_mask, bool)
     counts = np.asarray(counts, dtype=np.float64)
@@ -436,11 +438,11 @@ def toy_p_value(edges, counts, fit_mask, target_mask, z_obs: float, n_toys: int 
         z = z_on_off(toys[:, target_mask].sum(1), b, sb)
         hits += int(np.sum(z >= z_obs - 1e-12))
         used += k
-    p = hits / used if z_obs > 0 else 1.0
+    p = hits / used
     bound = hits == 0
     if bound:
         p = 1.0 / used
-    z = float(max(stats.norm.isf(p), 0.0)) if z_obs > 0 else 0.0
+    z = float(max(stats.norm.isf(p), 0.0))
     return {"p0": float(p), "z": z, "n_toys": int(used), "n_above": int(hits), "bound": bool(bound),
             "null_n_params": int(null.n_params)}
 

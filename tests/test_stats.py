@@ -160,6 +160,7 @@ def test_toy_p_value_matches_asymptotics_at_large_counts_and_is_reproducible():
     assert toy_p_value(edges, counts, ~sr, sr, 1.5, n_toys=4000, seed=1, enough=10**9) == r
     far = toy_p_value(edges, counts, ~sr, sr, 9.0, n_toys=1000, seed=1)
     assert far["bound"] and far["p0"] == pytest.approx(1e-3) and far["z"] == pytest.approx(stats.norm.isf(1e-3))
+    assert toy_p_value(edges, counts, ~sr, sr, 0.0)["p0"] == 1.0  # no excess: nothing to compute
     # stops early once enough pseudo-experiments reach a small Z
     assert toy_p_value(edges, counts, ~sr, sr, 0.2, n_toys=10_000, seed=1)["n_toys"] == 500
 
