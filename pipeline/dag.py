@@ -388,9 +388,14 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
                                           seed=_node_seed(seed, w.name, detector, float(eff)),
                                           n_params_options=tuple(fit_cfg["n_params"]),
                                           alpha=fit_cfg["ftest_alpha"])
-                        z_loc, p0 = toy["z"], toy["p0"]
-                        row["p_value_method"] = "toys"
                         row["p0_toys"] = toy
+                        if toy["bound"] and sig.z_local > toy["z"]:
+                            # beyond the toys' reach: only a bound from them; keep the asymptotic Z
+                            row["p_value_method"] = (f"asymptotic (beyond toy reach: none of "
+                                                     f"{toy['n_toys']} pseudo-experiments reached it)")
+                        else:
+                            z_loc, p0 = toy["z"], toy["p0"]
+                            row["p_value_method"] = "toys"
             row.update({"n_expected_sr": b, "n_expected_sr_unc": sb,
                         "z_local": None if blind else z_loc, "p0": None if blind else p0,
                         "upper_limit": None if blind else sig.upper_limit,

@@ -194,3 +194,4 @@ def test_global_toys_draw_nested_selections_as_subsets():
     assert info["n_tests"] == 4
     # correlated tests are fewer effective trials: a smaller look-elsewhere penalty
     assert nested[0]["z_global"] > independent[0]["z_global"] + 0.05
+
