@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT))
 from pipeline.stats import (  # noqa: E402
     discovery_and_limit,
     fit_dijet,
-    fit_dijet_ftest,
     make_edges,
     predict_background,
     predict_background_batch,
+    start_parameters,
     toy_p_value,
     use_toys,
     z_on_off,
@@ -95,9 +95,8 @@ def truth_spectrum(data: Path, edges, kind: str):
 def _local_z(counts, edges, sr_bins, args, rng_seed):
     """Local Z of each pseudo-experiment (rows of ``counts``) as the search computes it."""
     fit_mask = ~sr_bins
-    opts = tuple(int(p) for p in args.n_params.split(","))
-    mean = counts.mean(0)
-    start = {p: fit_dijet(edges, mean, fit_mask, p).params for p in sorted(set(opts) | {4, 5})}
+    opts = args.n_params
+    start = start_parameters(edges, counts.mean(0), fit_mask, opts)
     b, sb = predict_background_batch(edges, counts, fit_mask, sr_bins, start, opts)
     n = counts[:, sr_bins].sum(1)
     z = np.where(np.isfinite(b) & np.isfinite(sb), z_on_off(n, b, sb), 0.0)
@@ -133,12 +132,11 @@ def run_scale(scale, args, truth, edges, sr_bins, rng):
     width = 0.05 * 3500
     shape = np.exp(-0.5 * ((centers - 3500) / width) ** 2) * np.diff(edges)
     shape = shape / shape.sum()
-    opts = tuple(int(p) for p in args.n_params.split(","))
     covered, n_lim = 0, 0
     for _ in range(args.n_limit):
         c = rng.poisson(base + s_true * shape)
         try:
-            pred = predict_background(edges, c, ~sr_bins, sr_bins, opts)
+            pred = predict_background(edges, c, ~sr_bins, sr_bins, args.n_params)
             r = discovery_and_limit(int(c[sr_bins].sum()), pred.b, pred.sigma)
         except ValueError:
             continue
@@ -161,7 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--truth", choices=("4p", "5p", "ua2"), default="4p")
-    ap.add_argument("--n-params", default="4,5", help="dijet functions the F-test chooses among (search: fit.n_params)")
+    ap.add_argument("--n-params", default=(4, 5), type=lambda v: tuple(int(p) for p in v.split(",")),
+                    help="dijet functions the F-test chooses among, e.g. 4,5 (search: fit.n_params)")
     ap.add_argument("--p-value", choices=("auto", "toys", "asymptotic"), default="auto",
                     help="as stats.p_value of the search")
     ap.add_argument("--toys-below", type=float, default=1000.0, help="as stats.toys_below")
@@ -173,7 +172,8 @@ def main(argv=None) -> int:
     truth, what = truth_spectrum(Path(args.data), edges, args.truth)
     rng = np.random.default_rng(args.seed)
     print(f"truth: {what}; SR 3300-3700 GeV; {args.n_pseudo} pseudo-experiments per scale "
-          f"({args.n_limit} with signal for the limit coverage); F-test among {args.n_params} parameters; "
+          f"({args.n_limit} with signal for the limit coverage); F-test among "
+          f"{','.join(map(str, args.n_params))} parameters; "
           f"p-values: {args.p_value} (toys below B = {args.toys_below:g}, up to {args.inner_toys})")
     print(f"{'scale':>6} {'events':>8} {'B(SR)':>8} {'Z>1':>14} {'Z>2':>16} {'Z>3':>18} {'coverage':>9}")
     print(f"{'':>6} {'':>8} {'nominal':>8} {NOMINAL['1']:>14.4f} {NOMINAL['2']:>16.4f} {NOMINAL['3']:>18.5f} {'>= 0.95':>9}")
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         first = out[0]
         doc = {"n_pseudo": first["n_pseudo"], "frac_z_gt": first["frac_z_gt"],
                "limit_coverage": first["limit_coverage"], "truth": what, "p_value": args.p_value,
-               "n_params": args.n_params, "by_scale": out}
+               "n_params": list(args.n_params), "by_scale": out}
         Path(args.json).write_text(json.dumps(doc, indent=2))
     return 0
 

@@ -318,7 +318,7 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
     """
     if Path(out).exists():
         return json.loads(Path(out).read_text())
-    from .stats import discovery_and_limit, make_edges, predict_background, toy_p_value, use_toys, z_on_off
+    from .stats import discovery_and_limit, make_edges, predict_background, use_toys
 
     events = _read_table(loaded["events_path"])
     m = events["mjj"].to_numpy()
@@ -378,24 +378,11 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
             z_loc, p0 = sig.z_local, sig.p0
             if not blind:
                 row["z_local_asymptotic"] = sig.z_local
-                row["p_value_method"] = "asymptotic"
                 if use_toys(stats_cfg.get("p_value", "auto"), b, stats_cfg.get("toys_below", 1000.0)):
-                    if fit_cfg.get("background", "dijet") == "gp":
-                        row["p_value_method"] = "asymptotic (no pseudo-experiments for the gp background)"
-                    else:
-                        toy = toy_p_value(edges, counts, ~sr_bins, sr_bins, float(z_on_off(n_obs, b, sb)),
-                                          int(stats_cfg.get("local_toys", 10_000)),
-                                          seed=_node_seed(seed, w.name, detector, float(eff)),
-                                          n_params_options=tuple(fit_cfg["n_params"]),
-                                          alpha=fit_cfg["ftest_alpha"])
-                        row["p0_toys"] = toy
-                        if toy["bound"] and sig.z_local > toy["z"]:
-                            # beyond the toys' reach: only a bound from them; keep the asymptotic Z
-                            row["p_value_method"] = (f"asymptotic (beyond toy reach: none of "
-                                                     f"{toy['n_toys']} pseudo-experiments reached it)")
-                        else:
-                            z_loc, p0 = toy["z"], toy["p0"]
-                            row["p_value_method"] = "toys"
+                    z_loc, p0 = _toy_significance(row, sig, edges, counts, sr_bins, n_obs, b, sb, fit_cfg, stats_cfg,
+                                                  _node_seed(seed, w.name, detector, float(eff)))
+                else:
+                    row["p_value_method"] = "asymptotic"
             row.update({"n_expected_sr": b, "n_expected_sr_unc": sb,
                         "z_local": None if blind else z_loc, "p0": None if blind else p0,
                         "upper_limit": None if blind else sig.upper_limit,
@@ -418,6 +405,29 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
               "metrics": _detector_metrics(scores, m, truth, w, detector) if scores_path and not blind else None}
     write_json(out, result)
     return result
+
+
+def _toy_significance(row: dict, sig, edges, counts, sr_bins, n_obs: int, b: float, sb: float, fit_cfg: dict,
+                      stats_cfg: dict, seed: int) -> tuple[float, float]:
+    """Local Z and p0 from pseudo-experiments of the background procedure, recorded in ``row``.
+
+    The asymptotic values stay where no pseudo-experiments exist (gp background) or none
+    reached the observed Z (they only bound p0 then); ``p_value_method`` says which.
+    """
+    from .stats import toy_p_value, z_on_off
+
+    if fit_cfg.get("background", "dijet") == "gp":
+        row["p_value_method"] = "asymptotic (no pseudo-experiments for the gp background)"
+        return sig.z_local, sig.p0
+    toy = toy_p_value(edges, counts, ~sr_bins, sr_bins, float(z_on_off(n_obs, b, sb)),
+                      int(stats_cfg.get("local_toys", 10_000)), seed=seed,
+                      n_params_options=tuple(fit_cfg["n_params"]), alpha=fit_cfg["ftest_alpha"])
+    row["p0_toys"] = toy
+    if toy["bound"] and sig.z_local > toy["z"]:
+        row["p_value_method"] = f"asymptotic (beyond toy reach: none of {toy['n_toys']} pseudo-experiments reached it)"
+        return sig.z_local, sig.p0
+    row["p_value_method"] = "toys"
+    return toy["z"], toy["p0"]
 
 
 def _detector_metrics(scores, m, truth, w: Window, detector: str) -> dict | None:

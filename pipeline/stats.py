@@ -30,6 +30,7 @@ __all__ = [
     "fit_dijet_ftest",
     "predict_background",
     "predict_background_batch",
+    "start_parameters",
     "BackgroundPrediction",
     "toy_p_value",
     "use_toys",
@@ -314,8 +315,8 @@ def _fit_dijet_batch(edges, counts, fit_mask, n_params, theta0, max_iter: int = 
         mu = np.maximum(e.sum(-1), 1e-300)
         return e, mu, np.sum(mu - nn * np.log(mu), axis=1)
 
-    def gradient(e, mu, nn):
-        return ((1.0 - nn / mu)[..., None] * bin_jac(e, phi)).sum(1)
+    def gradient(dmu, mu, nn):
+        return ((1.0 - nn / mu)[..., None] * dmu).sum(1)
 
     scale = np.maximum(np.sqrt(n.sum(1)), 1.0)
     active = np.arange(len(n))  # toys still iterating; the others have stopped
@@ -325,7 +326,7 @@ def _fit_dijet_batch(edges, counts, fit_mask, n_params, theta0, max_iter: int = 
         th, nn = theta[active], n[active]
         e, mu, nll = parts(th, nn)
         dmu = bin_jac(e, phi)
-        grad = ((1.0 - nn / mu)[..., None] * dmu).sum(1)
+        grad = gradient(dmu, mu, nn)
         done = np.max(np.abs(grad), axis=1) < 1e-6 * scale[active]
         fisher = np.matmul((dmu / mu[..., None]).transpose(0, 2, 1), dmu) + 1e-12 * eye
         step = np.linalg.solve(fisher, grad[..., None])[..., 0]
@@ -345,8 +346,9 @@ def _fit_dijet_batch(edges, counts, fit_mask, n_params, theta0, max_iter: int = 
         stalled = todo | (nll - nll_t <= 1e-10 * np.maximum(np.abs(nll), 1.0))  # nothing left to gain
         theta[active] = trial
         active = active[~(done | stalled)]
-    mu = np.maximum(per_point(theta, phi_flat, wf).sum(-1), 1e-300)
-    grad = gradient(per_point(theta, phi_flat, wf), mu, n)
+    e = per_point(theta, phi_flat, wf)
+    mu = np.maximum(e.sum(-1), 1e-300)
+    grad = gradient(bin_jac(e, phi), mu, n)
     converged = np.max(np.abs(grad), axis=1) < 1e-3 * scale  # the criterion of fit_dijet
     e_all = per_point(theta, phi_all, w)
     expected = e_all.sum(-1)
@@ -357,6 +359,17 @@ def _fit_dijet_batch(edges, counts, fit_mask, n_params, theta0, max_iter: int = 
     with np.errstate(divide="ignore", invalid="ignore"):
         dev = 2 * (np.where(n > 0, n * np.log(n / mu), 0.0) - (n - mu)).sum(1)
     return theta, expected, dev, cov, dmu, converged
+
+
+def _functions_needed(n_params_options) -> list[int]:
+    """The dijet functions the procedure fits: the F-test's options and their alternatives."""
+    return sorted(set(n_params_options) | {_alternative(p) for p in n_params_options})
+
+
+def start_parameters(edges, spectrum, fit_mask, n_params_options=SEARCH_N_PARAMS) -> dict[int, np.ndarray]:
+    """Starting parameters for :func:`predict_background_batch`: each needed function fitted
+    to the ``fit_mask`` bins of ``spectrum`` (the spectrum the batch is drawn around)."""
+    return {p: fit_dijet(edges, spectrum, fit_mask, p).params for p in _functions_needed(n_params_options)}
 
 
 def predict_background_batch(edges, counts, fit_mask, target_mask, start: dict[int, np.ndarray],
@@ -371,7 +384,7 @@ def predict_background_batch(edges, counts, fit_mask, target_mask, start: dict[i
     target_mask = np.asarray(target_mask, bool)
     counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
     opts = sorted(n_params_options)
-    needed = sorted(set(opts) | {_alternative(p) for p in opts})
+    needed = _functions_needed(opts)
     fits = {}
     for p in needed:
         _, expected, dev, cov, dmu, conv = _fit_dijet_batch(edges, counts, fit_mask, p, start[p])
@@ -390,12 +403,13 @@ def predict_background_batch(edges, counts, fit_mask, target_mask, start: dict[i
         up = alive & conv_hi & ((stats.f.sf(f_stat, hi - lo, ndf_hi) < alpha) | ~fits[lo][3])
         chosen[up] = hi
         alive = up
-    b = np.choose(np.searchsorted(needed, chosen), [fits[p][0] for p in needed])
-    s_fit = np.choose(np.searchsorted(needed, chosen), [fits[p][1] for p in needed])
+
+    def pick(which, item):  # per spectrum, ``item`` of the fit of function ``which``
+        return np.choose(np.searchsorted(needed, which), [fits[p][item] for p in needed])
+
     alt = np.array([_alternative(p) for p in chosen])
-    b_alt = np.choose(np.searchsorted(needed, alt), [fits[p][0] for p in needed])
-    alt_ok = np.choose(np.searchsorted(needed, alt), [fits[p][3] for p in needed])
-    s_fn = np.where(alt_ok, np.abs(b_alt - b), 0.0)
+    b, s_fit = pick(chosen, 0), pick(chosen, 1)
+    s_fn = np.where(pick(alt, 3), np.abs(pick(alt, 0) - b), 0.0)
     return b, np.hypot(s_fit, s_fn)
 
 
@@ -427,9 +441,7 @@ def toy_p_value(edges, counts, fit_mask, target_mask, z_obs: float, n_toys: int 
     # estimate). Generating from the sideband fit instead was tried: less calibrated at
     # B(SR) = 35 (Z > 2 in 0.0266 +- 0.0017 of 8,000 pseudo-experiments, nominal 0.0228).
     null = fit_dijet_ftest(edges, counts, fit_mask | target_mask, n_params_options, alpha)
-    start = {}
-    for p in sorted(set(n_params_options) | {_alternative(q) for q in n_params_options}):
-        start[p] = fit_dijet(edges, null.expected, fit_mask, p).params
+    start = start_parameters(edges, null.expected, fit_mask, n_params_options)
     rng = np.random.default_rng(seed)
     used = hits = 0
     batch = 500
