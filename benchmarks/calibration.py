@@ -34,19 +34,16 @@ import numpy as np
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.stats import (  # noqa: E402
-    discovery_and_limit,
+from sideband.pipeline.fits import (  # noqa: E402
     fit_dijet,
     make_edges,
     predict_background,
     predict_background_batch,
     start_parameters,
-    toy_p_value,
-    use_toys,
-    z_on_off,
 )
+from sideband.pipeline.stats import discovery_and_limit, z_on_off  # noqa: E402
+from sideband.pipeline.toys import toy_p_value, use_toys  # noqa: E402
 
 NOMINAL = {"1": float(stats.norm.sf(1)), "2": float(stats.norm.sf(2)), "3": float(stats.norm.sf(3))}
 
@@ -79,7 +76,7 @@ def truth_spectrum(data: Path, edges, kind: str):
         centers = 0.5 * (edges[1:] + edges[:-1]) / 13000
         shape = (1 - centers) ** 8.5 * centers ** -(5.2 + 0.35 * np.log(centers))
         return 78_000 * shape / shape.sum(), "built-in dijet shape, 78k events (data file absent)"
-    from pipeline.io import read_events
+    from sideband.pipeline.io import read_events
 
     ev, _ = read_events(data)
     counts, _ = np.histogram(ev["mjj"].to_numpy(), edges)

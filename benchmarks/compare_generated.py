@@ -13,9 +13,9 @@ import numpy as np
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.io import read_events  # noqa: E402
+
+from sideband.pipeline.io import read_events  # noqa: E402
 
 COLUMNS = ["mjj", "mj1", "mj2", "tau21_j1", "tau21_j2", "pt_j1"]
 

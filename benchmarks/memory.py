@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     if not data.exists():
         make_file(data, args.events, Path(args.data_dir))
     print(f"input: {data} ({data.stat().st_size / 1e6:.0f} MB, {args.events} events)")
-    base = [sys.executable, "-m", "workflows.cli", "search", "--data", str(data), "--no-progress"]
+    base = [sys.executable, "-m", "sideband.workflows.cli", "search", "--data", str(data), "--no-progress"]
 
     t0 = time.perf_counter()
     run = subprocess.run(["/usr/bin/time", "-v", *base, "--scheduler", "synchronous", "--out", str(work / "sync")],

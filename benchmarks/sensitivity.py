@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from detectors.base import make_detector  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.io import load_events  # noqa: E402
-from pipeline.metrics import sic_curve, summarise_seeds  # noqa: E402
+
+from sideband.detectors.base import make_detector  # noqa: E402
+from sideband.pipeline.config import load_config  # noqa: E402
+from sideband.pipeline.io import load_events  # noqa: E402
+from sideband.pipeline.metrics import sic_curve, summarise_seeds  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -97,9 +97,9 @@ def one_seed(seed, args, cfg, bkg, sig, extra, names):
 
 
 def sculpting(cfg, args, names):
-    from workflows.search import run_search
+    from sideband.workflows.search import run_search
 
-    from detectors.base import load_detector_class
+    from sideband.detectors.base import load_detector_class
 
     # background only: the supervised ceiling has no signal labels to learn from
     sub = {n: cfg.detectors[n] for n in names
@@ -116,7 +116,7 @@ def sculpting(cfg, args, names):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from pipeline.dag import limit_threads
+    from sideband.pipeline.dag import limit_threads
 
     limit_threads(args.threads)
     d = Path(args.data_dir)

@@ -30,7 +30,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from pipeline.exceptions import ConfigError, NotFittedError
+from sideband.pipeline.exceptions import ConfigError, NotFittedError
 
 __all__ = ["BaseDetector", "load_detector_class", "make_detector", "check_fitted", "torch_device"]
 
@@ -83,12 +83,12 @@ def check_inputs(X, m=None) -> tuple[np.ndarray, np.ndarray | None]:
 
 def load_detector_class(name: str) -> type[BaseDetector]:
     """The detector class of module ``detectors.<name>`` (its ``Detector`` attribute)."""
-    if not name.isidentifier() or importlib.util.find_spec(f"detectors.{name}") is None:
+    if not name.isidentifier() or importlib.util.find_spec(f"sideband.detectors.{name}") is None:
         raise ConfigError(
             f"unknown detector '{name}': no module detectors/{name}.py; available: "
             f"{', '.join(available_detectors())}"
         )
-    module = importlib.import_module(f"detectors.{name}")
+    module = importlib.import_module(f"sideband.detectors.{name}")
     cls = getattr(module, "Detector", None)
     if cls is None or not issubclass(cls, BaseDetector):
         raise ConfigError(f"detectors/{name}.py defines no Detector class deriving from BaseDetector")
@@ -99,13 +99,13 @@ def available_detectors() -> list[str]:
     """Modules of ``detectors`` that define a ``Detector`` (event scorers)."""
     import pkgutil
 
-    import detectors
+    import sideband.detectors as detectors
 
     names = []
     for m in pkgutil.iter_modules(detectors.__path__):
         if m.name.startswith("_") or m.name == "base":
             continue
-        if hasattr(importlib.import_module(f"detectors.{m.name}"), "Detector"):
+        if hasattr(importlib.import_module(f"sideband.detectors.{m.name}"), "Detector"):
             names.append(m.name)
     return sorted(names)
 

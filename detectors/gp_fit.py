@@ -177,7 +177,7 @@ def gp_background(edges, counts, fit_mask, target_mask, n_params_options=(3, 4, 
     covariance adds the dijet fit's parameter covariance (J C J^T, the mean function's
     uncertainty) and the GP's conditional covariance (what the function misses).
     """
-    from pipeline.stats import _bin_jacobian, fit_dijet_ftest
+    from sideband.pipeline.fits import _bin_jacobian, fit_dijet_ftest
 
     fit = fit_dijet_ftest(edges, counts, fit_mask, n_params_options, alpha)
     gp = GPSpectrum(np.asarray(edges, float), np.asarray(counts, float), np.maximum(fit.expected, 1e-9))

@@ -205,7 +205,7 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
-    from detectors.base import make_detector
+    from sideband.detectors.base import make_detector
 
     for name, det in cfg.detectors.items():
         try:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detectors.base import load_detector_class
+from sideband.detectors.base import load_detector_class
 
 from .cache import atomic_path, cache_key, file_hash, write_json
 from .config import Config
@@ -173,7 +173,7 @@ def prepare_node(loaded: dict, window: dict, detector: str, params: dict, featur
     """Run a detector's sideband stage (e.g. the CATHODE flow) on the window's SB events only."""
     if Path(out).exists():
         return out
-    from detectors.base import make_detector
+    from sideband.detectors.base import make_detector
 
     t0, events, w, m = _training_inputs(loaded, window, threads)
     sb = w.in_sb(m)
@@ -227,7 +227,7 @@ def train_node(loaded: dict, window: dict, detector: str, params: dict, features
     """
     if Path(out).exists():
         return out
-    from detectors.base import make_detector
+    from sideband.detectors.base import make_detector
 
     t0, events, w, m = _training_inputs(loaded, window, threads)
     X = events[features].to_numpy(np.float32)
@@ -318,7 +318,9 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
     """
     if Path(out).exists():
         return json.loads(Path(out).read_text())
-    from .stats import discovery_and_limit, make_edges, predict_background, use_toys
+    from .fits import make_edges, predict_background
+    from .stats import discovery_and_limit
+    from .toys import use_toys
 
     events = _read_table(loaded["events_path"])
     m = events["mjj"].to_numpy()
@@ -358,7 +360,7 @@ def stats_node(loaded: dict, scores_path: str | None, window: dict, detector: st
             row["n_signal_sr_truth"] = int(np.sum(passed & in_sr & (truth > 0.5)))
         try:
             if fit_cfg.get("background", "dijet") == "gp":
-                from detectors.gp_fit import gp_background
+                from sideband.detectors.gp_fit import gp_background
 
                 allb = np.ones(len(counts), bool)
                 fit, gp, mu_all, cov_all = gp_background(edges, counts, ~sr_bins, allb, tuple(fit_cfg["n_params"]),
@@ -414,7 +416,8 @@ def _toy_significance(row: dict, sig, edges, counts, sr_bins, n_obs: int, b: flo
     The asymptotic values stay where no pseudo-experiments exist (gp background) or none
     reached the observed Z (they only bound p0 then); ``p_value_method`` says which.
     """
-    from .stats import toy_p_value, z_on_off
+    from .stats import z_on_off
+    from .toys import toy_p_value
 
     if fit_cfg.get("background", "dijet") == "gp":
         row["p_value_method"] = "asymptotic (no pseudo-experiments for the gp background)"
@@ -447,7 +450,7 @@ def _detector_metrics(scores, m, truth, w: Window, detector: str) -> dict | None
 def report_node(stats_outputs: list[dict], loaded: dict, meta: dict, out_dir: str) -> str:
     """Collect rows, write ``results.json`` and the spectrum plots."""
     from .report import plot_spectra, write_html_report, write_results
-    from .stats import global_significance
+    from .lee import global_significance
 
     rows = [dict(r) for s in stats_outputs for r in s["rows"]]
     lee = None

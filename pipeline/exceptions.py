@@ -15,6 +15,8 @@ __all__ = [
     "RegionError",
     "NotFittedError",
     "FitError",
+    "MissingExtraError",
+    "optional_import",
 ]
 
 
@@ -44,3 +46,20 @@ class NotFittedError(SidebandError, AttributeError):
 
 class FitError(SidebandError):
     """A numerical fit did not converge (recorded in results, never fatal to a scan)."""
+
+
+class MissingExtraError(SidebandUserError):
+    """An optional dependency of one task is not installed (install the named extra)."""
+
+
+def optional_import(module: str, extra: str, task: str):
+    """Import ``module`` or raise :class:`MissingExtraError` naming the extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{task} needs the Python package '{module.split('.')[0]}' ({exc}); install it with "
+            f"pip install 'sideband[{extra}]'"
+        ) from None

@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .exceptions import optional_import
+
 __all__ = [
     "JET_COLUMNS",
     "CANONICAL_COLUMNS",
@@ -116,7 +118,7 @@ def _nsubjettiness(constituents, n_max: int = 3) -> np.ndarray:
     A jet with at most N constituents has tau_N = 0.
     """
     import awkward as ak
-    import fastjet
+    fastjet = optional_import("fastjet", "particles", "reading particle-level inputs (jet clustering)")
 
     n_jets = len(constituents)
     taus = np.zeros((n_jets, n_max), dtype=np.float64)
@@ -183,7 +185,7 @@ def cluster_four_vectors(px, py, pz, E) -> tuple[dict, np.ndarray]:
     and by event generation alike.
     """
     import awkward as ak
-    import fastjet
+    fastjet = optional_import("fastjet", "particles", "reading particle-level inputs (jet clustering)")
     import vector
 
     vector.register_awkward()

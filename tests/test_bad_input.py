@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.features import jets_to_lhco_frame
+from sideband.pipeline.features import jets_to_lhco_frame
 from tests.conftest import lhco_jets
-from workflows.cli import main
+from sideband.workflows.cli import main
 
 FAST = {"seed": 1, "stats": {"selections": [0.1]},
         "detectors": {"cwola": {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 10}}}},
@@ -197,6 +197,6 @@ def test_unwritable_output_directory(tmp_path, capsys, small_h5):
 
 
 def _mjj(frame):
-    from pipeline.features import LHCO_FEATURE_COLUMNS, events_from_jets
+    from sideband.pipeline.features import LHCO_FEATURE_COLUMNS, events_from_jets
 
     return events_from_jets({c: frame[c].to_numpy() for c in LHCO_FEATURE_COLUMNS})["mjj"].to_numpy()

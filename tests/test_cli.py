@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from workflows.cli import main
+from sideband.workflows.cli import main
 
 
 @pytest.fixture

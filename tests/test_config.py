@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import DEFAULT_CONFIG, config_from_dict, load_config
-from pipeline.exceptions import ConfigError
+from sideband.pipeline.config import DEFAULT_CONFIG, config_from_dict, load_config
+from sideband.pipeline.exceptions import ConfigError
 
 
 def test_default_config_file_equals_builtin_defaults():

@@ -4,14 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.dag import build_search_graph, run_graph
-from pipeline.regions import make_windows
-from workflows.search import run_search
+from sideband.pipeline.dag import build_search_graph, run_graph
+from sideband.pipeline.regions import make_windows
+from sideband.workflows.search import run_search
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, small_h5):
-    from pipeline.config import config_from_dict
+    from sideband.pipeline.config import config_from_dict
 
     cfg = config_from_dict({
         "seed": 3, "data": {"path": str(small_h5)}, "stats": {"selections": [0.1, 0.02]},
@@ -134,7 +134,7 @@ def test_sideband_stage_runs_once_per_window(small_h5, fast_config, tmp_path):
 
 
 def test_truth_detectors_in_the_graph(small_h5, fast_config, tmp_path):
-    from pipeline.exceptions import ConfigError
+    from sideband.pipeline.exceptions import ConfigError
 
     tiny = {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 10}}}
     with pytest.raises(ConfigError, match="set data.reference"):

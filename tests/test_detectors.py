@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from detectors import available_detectors, make_detector
-from pipeline.exceptions import ConfigError, NotFittedError
+from sideband.detectors import available_detectors, make_detector
+from sideband.pipeline.exceptions import ConfigError, NotFittedError
 
 #: Smallest settings that still train for real, per detector.
 _HGB = {"n_ensemble": 1, "hgb_params": {"max_iter": 10}}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.features import CANONICAL_COLUMNS, cluster_particles, events_from_jets
+from sideband.pipeline.features import CANONICAL_COLUMNS, cluster_particles, events_from_jets
 from tests.conftest import lhco_jets
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from workflows.cli import main
+from sideband.workflows.cli import main
 
 
 def _spectrum(path, seed=3, shape=(10.0, 5.0, 0.3), lo=1200.0, hi=9000.0, width=100.0, log_norm=3.82, fmt="lowhigh",
@@ -64,8 +64,8 @@ def test_bad_csv_is_a_user_error(tmp_path, capsys, content, match):
 
 
 def test_gp_background_prediction_covers_the_truth(tmp_path):
-    from detectors.gp_fit import gp_background
-    from pipeline.stats import make_edges
+    from sideband.detectors.gp_fit import gp_background
+    from sideband.pipeline.fits import make_edges
 
     edges = make_edges((2800, 6000), 100, (3300, 3700))
     sr = (edges[:-1] >= 3300) & (edges[1:] <= 3700)

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("pythia8mc")
 
-from pipeline.features import LHCO_FEATURE_COLUMNS  # noqa: E402
-from pipeline.io import read_events  # noqa: E402
-from workflows.cli import main  # noqa: E402
+from sideband.pipeline.features import LHCO_FEATURE_COLUMNS  # noqa: E402
+from sideband.pipeline.io import read_events  # noqa: E402
+from sideband.workflows.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_same_seed_same_events(generated, tmp_path):
 
 
 def test_generated_files_go_through_the_search(generated, tmp_path):
-    from pipeline.dag import load_node
+    from sideband.pipeline.dag import load_node
 
     loaded = load_node({"path": str(generated / "qcd_features.h5"), "format": "auto", "key": "df", "tree": None,
                         "chunk_size": 1000, "strict": True,

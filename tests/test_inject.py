@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from workflows.cli import main
+from sideband.workflows.cli import main
 
 TINY = {"seed": 1, "stats": {"selections": [0.1, 0.02]},
         "detectors": {"cwola": {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 30}}},

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.exceptions import InputFileError
-from pipeline.features import LHCO_FEATURE_COLUMNS, jets_to_lhco_frame
-from pipeline.io import detect_format, load_events, read_events
+from sideband.pipeline.exceptions import InputFileError
+from sideband.pipeline.features import LHCO_FEATURE_COLUMNS, jets_to_lhco_frame
+from sideband.pipeline.io import detect_format, load_events, read_events
 from tests.conftest import lhco_jets, shared_file
 
 
@@ -30,8 +30,8 @@ def test_lhco_features_reader_fixed_and_table(tmp_path, fmt):
 
 
 def test_reader_matches_pandas_on_shipped_demo(demo_frame):
-    from pipeline.dag import demo_data_path
-    from pipeline.features import events_from_jets
+    from sideband.pipeline.dag import demo_data_path
+    from sideband.pipeline.features import events_from_jets
 
     events, _ = read_events(demo_data_path(), chunk_size=7000)
     expect = events_from_jets({c: demo_frame[c].to_numpy() for c in LHCO_FEATURE_COLUMNS}, demo_frame["label"])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.metrics import sic_curve, summarise_seeds
+from sideband.pipeline.metrics import sic_curve, summarise_seeds
 
 
 def test_perfect_and_random_classifiers():

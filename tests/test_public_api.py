@@ -13,16 +13,27 @@ import pytest
     ("workflows", {"run_search", "run_injection", "export_trigger", "fit_spectrum", "generate"}),
 ])
 def test_all_is_curated_and_importable(package, expected):
-    mod = importlib.import_module(package)
+    mod = importlib.import_module(f"sideband.{package}")
     assert set(mod.__all__) == expected
     for name in mod.__all__:
         assert getattr(mod, name) is not None
 
 
 def test_every_detector_module_is_registered():
-    from detectors import available_detectors, load_detector_class
+    from sideband.detectors import available_detectors, load_detector_class
 
     names = available_detectors()
     assert names == ["autoencoder", "cathode", "cwola", "idealized", "supervised"]
     for n in names:
         assert load_detector_class(n).name == n
+
+
+def test_installs_one_import_package(tmp_path):
+    """The three folders install under ``sideband``: no bare ``pipeline`` in site-packages."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util as u; import sideband.pipeline, sideband.detectors, sideband.workflows; "
+            "print([n for n in ('pipeline', 'detectors', 'workflows') if u.find_spec(n)])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.exceptions import RegionError
-from pipeline.regions import Window, assign_folds, check_window_counts, make_windows
+from sideband.pipeline.exceptions import RegionError
+from sideband.pipeline.regions import Window, assign_folds, check_window_counts, make_windows
 
 
 def test_default_window_uses_the_fit_range_as_sidebands():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows.cli import main
+from sideband.workflows.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOWISH = {"seed": 5, "stats": {"selections": [0.1, 0.02]},
@@ -41,7 +41,7 @@ def _reference(tmp_path, cfg_path, small_h5):
 def test_kill_9_mid_run_then_resume(tmp_path, cfg_path, small_h5):
     reference = _reference(tmp_path, cfg_path, small_h5)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "workflows.cli", *_search(cfg_path, small_h5, out, "--scheduler", "synchronous")]
+    cmd = [sys.executable, "-m", "sideband.workflows.cli", *_search(cfg_path, small_h5, out, "--scheduler", "synchronous")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and len(list((out / "cache").glob("train-*.npz"))) < 2:

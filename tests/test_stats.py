@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.stats import SQRT_S, discovery_and_limit, fit_dijet, fit_dijet_ftest, make_edges
+from sideband.pipeline.fits import SQRT_S, fit_dijet, fit_dijet_ftest, make_edges
+from sideband.pipeline.stats import discovery_and_limit
 
 
 def test_discovery_z_matches_asimov_formula_for_known_background():
@@ -82,7 +83,7 @@ def test_ftest_adds_a_parameter_when_needed():
 
 
 def test_on_off_formula_matches_pyhf():
-    from pipeline.stats import z_on_off
+    from sideband.pipeline.stats import z_on_off
 
     for n, b, s in [(130, 100.0, 10.0), (20, 5.0, 2.0), (10_300, 10_000.0, 50.0), (3, 5.0, 1.0)]:
         assert float(z_on_off(n, b, s)) == pytest.approx(discovery_and_limit(n, b, s).z_local, abs=2e-3)
@@ -94,7 +95,7 @@ def test_on_off_formula_matches_pyhf():
 
 
 def test_global_significance_is_below_local_and_grows_with_trials():
-    from pipeline.stats import global_significance
+    from sideband.pipeline.lee import global_significance
 
     def rows(k):
         return [{"z_local": 3.0, "n_expected_sr": 100.0, "n_expected_sr_unc": 5.0} for _ in range(k)]
@@ -108,7 +109,7 @@ def test_global_significance_is_below_local_and_grows_with_trials():
 
 
 def test_function_choice_uncertainty_covers_a_too_simple_function():
-    from pipeline.stats import predict_background
+    from sideband.pipeline.fits import predict_background
 
     # truth has 4 parameters: the 3-parameter function is biased; the alternative shows it
     edges = make_edges((2800, 6000), 100, (3300, 3700))
@@ -137,7 +138,7 @@ def _four_param_toys(scale, n_toys, seed):
 
 @pytest.mark.parametrize("scale", [1.0, 0.002])
 def test_batched_prediction_is_the_same_procedure(scale):
-    from pipeline.stats import predict_background, predict_background_batch
+    from sideband.pipeline.fits import predict_background, predict_background_batch
 
     edges, sr, expected, toys = _four_param_toys(scale, 40, seed=11)
     start = {p: fit_dijet(edges, expected, ~sr, p).params for p in (4, 5)}
@@ -149,7 +150,7 @@ def test_batched_prediction_is_the_same_procedure(scale):
 
 
 def test_toy_p_value_matches_asymptotics_at_large_counts_and_is_reproducible():
-    from pipeline.stats import toy_p_value
+    from sideband.pipeline.toys import toy_p_value
 
     edges, sr, _, toys = _four_param_toys(1.0, 1, seed=12)
     counts = toys[0]
@@ -166,7 +167,7 @@ def test_toy_p_value_matches_asymptotics_at_large_counts_and_is_reproducible():
 
 
 def test_global_significance_never_exceeds_local():
-    from pipeline.stats import global_significance
+    from sideband.pipeline.lee import global_significance
 
     rows = [{"z_local": 2.0, "p0": float(stats.norm.sf(2.0)), "z_local_asymptotic": 2.4,
              "n_expected_sr": 30.0, "n_expected_sr_unc": 5.0}]
@@ -175,7 +176,7 @@ def test_global_significance_never_exceeds_local():
 
 
 def test_global_toys_draw_nested_selections_as_subsets():
-    from pipeline.stats import _nesting, global_significance
+    from sideband.pipeline.lee import _nesting, global_significance
 
     def rows():
         out = [{"window": "w", "detector": "none", "selection": 1.0, "n_expected_sr": 10_000.0}]

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from workflows.cli import main
+from sideband.workflows.cli import main
 
 AE_ONLY = {"seed": 2, "stats": {"selections": [0.1]},
            "detectors": {"autoencoder": {"folds": 2, "params": {"hidden": [8], "latent": 2, "epochs": 10}}},

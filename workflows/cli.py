@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.exceptions import SidebandUserError
+from sideband.pipeline.exceptions import SidebandUserError
 
 __all__ = ["main", "build_parser"]
 
@@ -135,9 +135,9 @@ def _overrides(args) -> dict:
 
 
 def _cmd_search(args) -> int:
-    from pipeline.config import load_config
-    from pipeline.report import format_table
-    from workflows.search import run_search
+    from sideband.pipeline.config import load_config
+    from sideband.pipeline.report import format_table
+    from sideband.workflows.search import run_search
 
     cfg = load_config(args.config, _overrides(args))
     results = run_search(cfg, args.out, progress=not args.no_progress, unblind=args.unblind)
@@ -149,11 +149,11 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_export_trigger(args) -> int:
-    from workflows.trigger import export_trigger, format_trigger_report
+    from sideband.workflows.trigger import export_trigger, format_trigger_report
 
     trigger_cfg = None
     if args.config:
-        from pipeline.config import load_config
+        from sideband.pipeline.config import load_config
 
         trigger_cfg = load_config(args.config).trigger
     out = args.out or str(Path(args.run) / "trigger")
@@ -165,9 +165,9 @@ def _cmd_export_trigger(args) -> int:
 
 
 def _cmd_inject(args) -> int:
-    from pipeline.config import load_config
-    from workflows.inject import run_injection
-    from workflows.search import _progress_printer
+    from sideband.pipeline.config import load_config
+    from sideband.workflows.inject import run_injection
+    from sideband.workflows.search import _progress_printer
 
     overrides: dict = {}
     if args.data:
@@ -183,7 +183,7 @@ def _cmd_inject(args) -> int:
                         progress=None if args.no_progress else _progress_printer(),
                         on_start=None if args.no_progress else (lambda m: print(m, file=sys.stderr)))
     print(f"{'signal':<28} {'inj':>5} {'S/sqrtB':>7} {'detector':<11} {'Z best':>7} {'max SIC':>7} {'AUC':>6}")
-    from pipeline.report import fmt_value as f
+    from sideband.pipeline.report import fmt_value as f
 
     for r in res["summary"]:
         print(f"{Path(r['signal']).name:<28} {r['n_inject']:>5} {r['s_over_sqrt_b']:>7.2f} {r['detector']:<11} "
@@ -193,7 +193,7 @@ def _cmd_inject(args) -> int:
 
 
 def _cmd_fit_spectrum(args) -> int:
-    from workflows.fit_spectrum import fit_spectrum
+    from sideband.workflows.fit_spectrum import fit_spectrum
 
     res = fit_spectrum(args.csv, args.out)
     for name, mod in res["models"].items():
@@ -207,8 +207,8 @@ def _cmd_fit_spectrum(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from workflows.generate import generate
-    from workflows.search import _progress_printer
+    from sideband.workflows.generate import generate
+    from sideband.workflows.search import _progress_printer
 
     physics = {"m_res": args.m_res, "m_x": args.m_x, "m_y": args.m_y, "decays": args.decays,
                "pthat_min": args.pthat_min}

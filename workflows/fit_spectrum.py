@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import atomic_path, write_json
-from pipeline.exceptions import InputFileError
+from sideband.pipeline.cache import atomic_path, write_json
+from sideband.pipeline.exceptions import InputFileError
 
 __all__ = ["read_spectrum_csv", "fit_spectrum"]
 
@@ -66,8 +66,8 @@ def _quality(counts, pred, n_par):
 
 
 def fit_spectrum(csv_path: str | Path, out_dir: str | Path, scan_step: float | None = None) -> dict:
-    from detectors.gp_fit import GPSpectrum, scan_spectrum
-    from pipeline.stats import fit_dijet_ftest
+    from sideband.detectors.gp_fit import GPSpectrum, scan_spectrum
+    from sideband.pipeline.fits import fit_dijet_ftest
 
     edges, counts = read_spectrum_csv(csv_path)
     allb = np.ones(len(counts), bool)

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.cache import atomic_path, cache_key, write_json
-from pipeline.dag import Graph, Node, run_graph
-from pipeline.exceptions import SidebandUserError
-from pipeline.features import LHCO_FEATURE_COLUMNS, cluster_four_vectors, jets_to_lhco_frame
+from sideband.pipeline.cache import atomic_path, cache_key, write_json
+from sideband.pipeline.dag import Graph, Node, run_graph
+from sideband.pipeline.exceptions import SidebandUserError, optional_import
+from sideband.pipeline.features import LHCO_FEATURE_COLUMNS, cluster_four_vectors, jets_to_lhco_frame
 
 __all__ = ["pythia_settings", "generate_chunk", "generate", "LEADING_JET_PT_MIN"]
 
@@ -66,7 +66,7 @@ def pythia_settings(process: str, *, m_res: float = 3500.0, m_x: float = 500.0, 
 
 
 def _pythia(settings: list[str], seed: int):
-    import pythia8mc
+    pythia8mc = optional_import("pythia8mc", "generate", "sideband generate")
 
     py = pythia8mc.Pythia("", False)  # no banner
     for line in settings + ["Random:setSeed = on", f"Random:seed = {seed}", "Next:numberCount = 0",

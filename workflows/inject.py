@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import cache_key, write_json
-from pipeline.config import Config, InjectConfig
-from pipeline.dag import Graph, Node, build_search_graph, run_graph
-from pipeline.exceptions import SidebandUserError
+from sideband.pipeline.cache import cache_key, write_json
+from sideband.pipeline.config import Config, InjectConfig
+from sideband.pipeline.dag import Graph, Node, build_search_graph, run_graph
+from sideband.pipeline.exceptions import SidebandUserError
 
 __all__ = ["run_injection", "summarise_points"]
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def _point_config(cfg: Config, signal: str, n: int, seed: int) -> Config:
-    from detectors.base import load_detector_class
+    from sideband.detectors.base import load_detector_class
 
     inject = InjectConfig(path=signal, n_events=n) if n > 0 else None
     detectors = cfg.detectors
@@ -90,7 +90,7 @@ def summarise_points(point_docs: list[dict]) -> dict:
 
 def inject_report_node(point_results: list[str], out_dir: str, meta: dict) -> str:
     """Collect the points into inject_results.json and report.html."""
-    from pipeline.report import write_injection_report
+    from sideband.pipeline.report import write_injection_report
 
     docs = []
     for path, point in zip(point_results, meta["points"]):
@@ -106,7 +106,7 @@ def inject_report_node(point_results: list[str], out_dir: str, meta: dict) -> st
 def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None = None, seeds: int | None = None,
                   signals: list[str] | None = None, progress=None, on_start=None) -> dict:
     """Run the scan; returns the parsed ``inject_results.json``."""
-    from workflows.search import check_output_dir
+    from sideband.workflows.search import check_output_dir
 
     out = check_output_dir(Path(out_dir))
     inj = cfg.injection
@@ -136,7 +136,7 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
                 finals.append(sub.final)
                 points.append({"signal": sig, "signal_name": stem, "n_inject": n, "seed": seed})
                 dirs.append(str(pdir.relative_to(out)))
-    from pipeline.dag import Ref
+    from sideband.pipeline.dag import Ref
 
     key = cache_key("inject", [p for p in points])
     g.nodes.append(Node(f"inject-report-{key}", inject_report_node,

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.dag import build_search_graph, run_graph
-from pipeline.exceptions import SidebandUserError
+from sideband.pipeline.config import Config
+from sideband.pipeline.dag import build_search_graph, run_graph
+from sideband.pipeline.exceptions import SidebandUserError
 
 __all__ = ["run_search", "check_output_dir"]
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.cache import atomic_path, write_json
-from pipeline.config import TriggerConfig
-from pipeline.exceptions import SidebandUserError
+from sideband.pipeline.cache import atomic_path, write_json
+from sideband.pipeline.config import TriggerConfig
+from sideband.pipeline.exceptions import SidebandUserError, optional_import
 
 __all__ = ["export_trigger", "find_models", "format_trigger_report"]
 
@@ -53,7 +53,7 @@ def find_models(run_dir: Path, detector: str = "autoencoder") -> list[dict]:
 def _load_model(rec: dict):
     import torch
 
-    from detectors.autoencoder import build_trigger_model
+    from sideband.detectors.autoencoder import build_trigger_model
 
     state = torch.load(Path(rec["dir"]) / rec["model"], weights_only=False)
     model = build_trigger_model(state["n_features"], state["hidden"], state["latent"])
@@ -103,8 +103,10 @@ def export_trigger(run_dir: str | Path, out_dir: str | Path, *, rate: float = 1e
                    window: str | None = None, fold: int = 0, signal_path: str | None = None,
                    trigger_cfg: TriggerConfig | dict | None = None, hls: bool = True) -> dict:
     """Export one fold's trained model; returns the report (also written as trigger_report.json)."""
-    import onnxruntime as ort
     import torch
+
+    optional_import("onnx", "trigger", "sideband export-trigger")
+    ort = optional_import("onnxruntime", "trigger", "sideband export-trigger")
 
     if not 0 < rate < 1:
         raise SidebandUserError(f"--rate {rate}: must be a background acceptance in (0, 1), e.g. 1e-3")
@@ -136,7 +138,7 @@ def export_trigger(run_dir: str | Path, out_dir: str | Path, *, rate: float = 1e
     bkg_acc = float(np.mean(score[bkg] > threshold))
     sig_scores = None
     if signal_path:
-        from pipeline.io import read_events
+        from sideband.pipeline.io import read_events
 
         sig, _ = read_events(signal_path)
         with torch.no_grad():
@@ -172,10 +174,7 @@ def export_trigger(run_dir: str | Path, out_dir: str | Path, *, rate: float = 1e
 
 
 def _hls(model, X, score, threshold, tcfg: TriggerConfig, out_dir: Path) -> dict:
-    try:
-        import hls4ml
-    except ImportError as exc:  # pragma: no cover - hls4ml is a dependency
-        return {"hls_decision_agreement": None, "hls_status": f"hls4ml unavailable: {exc}"}
+    hls4ml = optional_import("hls4ml", "trigger", "the hls4ml export (or pass --no-hls)")
     n = min(len(X), tcfg.emulation_events)
     Xe = np.ascontiguousarray(X[:n])
     project = out_dir / "hls_project"
@@ -203,7 +202,7 @@ def _hls(model, X, score, threshold, tcfg: TriggerConfig, out_dir: Path) -> dict
 
 
 def format_trigger_report(r: dict) -> str:
-    from pipeline.report import fmt_value as f
+    from sideband.pipeline.report import fmt_value as f
 
     lines = [
         f"trigger export: {r['detector']} (window {r['window']}, fold {r['fold']}), features {', '.join(r['features'])}",
