@@ -116,7 +116,7 @@ def sculpting(cfg, args, names):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from sideband.pipeline.dag import limit_threads
+    from sideband.pipeline.cluster import limit_threads
 
     limit_threads(args.threads)
     d = Path(args.data_dir)

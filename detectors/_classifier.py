@@ -10,12 +10,25 @@ likelihood ratio of the two classes.
 from __future__ import annotations
 
 import logging
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
+
+from .base import DetectorParams
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassifierEnsemble"]
+__all__ = ["ClassifierEnsemble", "ClassifierDetector", "ClassifierParams"]
+
+
+class ClassifierParams(DetectorParams):
+    """Parameters of the detectors built on :class:`ClassifierEnsemble`."""
+
+    model: Literal["hgb", "mlp"] = "hgb"
+    n_ensemble: int = Field(default=5, ge=1)
+    hgb_params: dict[str, Any] | None = None
+    mlp_params: dict[str, Any] | None = None
 
 
 def _balanced_weights(y: np.ndarray) -> np.ndarray:
@@ -27,7 +40,7 @@ def _balanced_weights(y: np.ndarray) -> np.ndarray:
 class ClassifierEnsemble:
     """Fit/predict wrapper around the configured model (not a detector itself)."""
 
-    def __init__(self, model: str = "hgb", n_ensemble: int = 5, random_state: int = 0,
+    def __init__(self, model: str = "hgb", n_ensemble: int = 5, *, random_state: int = 0,
                  hgb_params: dict | None = None, mlp_params: dict | None = None, device: str = "auto"):
         if model not in ("hgb", "mlp"):
             raise ValueError(f"model must be 'hgb' or 'mlp', got {model!r}")
@@ -147,7 +160,13 @@ class ClassifierDetector:
     :meth:`_fit_classifier`; parameters and ``score`` are shared.
     """
 
-    def __init__(self, model="hgb", n_ensemble=5, hgb_params=None, mlp_params=None, device="auto",
+    Params = ClassifierParams
+
+    @classmethod
+    def uses_torch(cls, params: dict, stage: str = "fit") -> bool:
+        return stage == "fit" and params.get("model", "hgb") == "mlp"
+
+    def __init__(self, *, model="hgb", n_ensemble=5, hgb_params=None, mlp_params=None, device="auto",
                  random_state=None):
         self.model = model
         self.n_ensemble = n_ensemble
@@ -158,8 +177,13 @@ class ClassifierDetector:
 
     def _fit_classifier(self, X: np.ndarray, y: np.ndarray) -> None:
         seed = 0 if self.random_state is None else int(self.random_state)
-        self.classifier_ = ClassifierEnsemble(self.model, self.n_ensemble, seed, self.hgb_params,
-                                              self.mlp_params, self.device).fit(X, y)
+        self.classifier_ = ClassifierEnsemble(self.model, self.n_ensemble, random_state=seed,
+                                              hgb_params=self.hgb_params, mlp_params=self.mlp_params,
+                                              device=self.device).fit(X, y)
+
+    def training_log(self):
+        """Validation loss per ensemble member (boosting iterations or epochs)."""
+        return list(getattr(getattr(self, "classifier_", None), "history_", []))
 
     def score(self, X):
         from .base import check_fitted, check_inputs

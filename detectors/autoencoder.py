@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from .base import BaseDetector, check_fitted, check_inputs, torch_device
+from sideband.pipeline.cache import atomic_path
+
+from .base import BaseDetector, DetectorParams, check_fitted, check_inputs, torch_device
 
 __all__ = ["Autoencoder", "Detector", "build_trigger_model"]
 
@@ -62,6 +67,17 @@ def build_trigger_model(n_features: int, hidden: list[int] | tuple[int, ...], la
     return TriggerAutoencoder()
 
 
+class AutoencoderParams(DetectorParams):
+    hidden: list[int] = Field(default=[16], min_length=1)
+    latent: int = Field(default=2, ge=1)
+    epochs: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    patience: int = Field(default=6, ge=1)
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    train_on: Literal["sidebands", "all"] = "sidebands"
+
+
 class Autoencoder(BaseDetector):
     """Dense autoencoder.
 
@@ -81,8 +97,10 @@ class Autoencoder(BaseDetector):
     """
 
     name = "autoencoder"
+    keeps_model = True
+    Params = AutoencoderParams
 
-    def __init__(self, hidden=(16,), latent=2, epochs=60, batch_size=1024, lr=3e-3, patience=6,
+    def __init__(self, *, hidden=(16,), latent=2, epochs=60, batch_size=1024, lr=3e-3, patience=6,
                  validation_fraction=0.2, train_on="sidebands", device="auto", random_state=None):
         self.hidden = hidden
         self.latent = latent
@@ -159,6 +177,33 @@ class Autoencoder(BaseDetector):
         X, _ = check_inputs(X)
         with torch.no_grad():
             return self.model_(torch.as_tensor(X)).squeeze(1).numpy().astype(np.float64)
+
+    @classmethod
+    def uses_torch(cls, params: dict, stage: str = "fit") -> bool:
+        return stage == "fit"
+
+    def training_log(self):
+        return getattr(self, "history_", [])
+
+    def save(self, path) -> Path:
+        """The fitted network as a torch state (``export_state``), read back by :meth:`load`."""
+        import torch
+
+        with atomic_path(path, ".pt") as tmp:
+            torch.save(self.export_state() | {"params": self.get_params()}, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path) -> "Autoencoder":
+        import torch
+
+        state = torch.load(path, weights_only=False)
+        det = cls(**state["params"])
+        det.model_ = build_trigger_model(state["n_features"], state["hidden"], state["latent"])
+        det.model_.load_state_dict(state["state_dict"])
+        det.model_.eval()
+        det.n_features_ = state["n_features"]
+        return det
 
     def export_state(self) -> dict:
         """What the trigger export needs to rebuild the fitted model."""

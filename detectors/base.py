@@ -12,10 +12,21 @@
 * ``score(X)`` returns one anomaly score per event: **higher means more anomalous**.
 * ``random_state`` is stored unchanged and turned into generators inside ``fit``.
 * Detectors with an expensive stage that sees sideband events only (the CATHODE flow)
-  set ``has_sideband_stage = True`` and implement ``fit_sidebands(X_sb, m_sb, *,
-  signal_region) -> state`` (plain, picklable data). The pipeline runs it once per window
+  set ``needs_sideband_stage = True`` and implement ``fit_sidebands(X_sb, m_sb, *,
+  signal_region) -> state`` (plain, picklable data). The search runs it once per window
   and passes the state to every fold's ``fit`` as ``sideband_state``; without it, ``fit``
   runs the stage itself on the sideband events it is given.
+
+A detector describes itself to the search, which never digs into its attributes:
+
+* ``Params``: a pydantic model of its parameters; a wrong name, type or value is a config
+  error naming the key and the allowed values before anything runs;
+* ``requires_truth`` / ``truth_kind`` (the benchmark ceilings: not searches, so not trials of
+  the look-elsewhere correction), ``needs_sideband_stage``, ``uses_torch(params, stage)`` (that
+  stage can use a GPU: the search decides the ``device`` and passes it as a parameter);
+* ``keeps_model``: the search saves each fold's fitted model (``save(path)``, read back
+  with ``Detector.load(path)``) and lists it in results.json (the trigger export uses it);
+* ``training_log()``: JSON-serialisable training history (validation curves) for the report.
 
 A new detector is one module ``detectors/<name>.py`` whose attribute ``Detector`` is the
 class, plus one entry under ``detectors:`` in the config.
@@ -25,14 +36,29 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import ClassVar
+import pickle
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sklearn.base import BaseEstimator
 
+from sideband.pipeline.cache import atomic_path
 from sideband.pipeline.exceptions import ConfigError, NotFittedError
 
-__all__ = ["BaseDetector", "load_detector_class", "make_detector", "check_fitted", "torch_device"]
+__all__ = ["BaseDetector", "DetectorParams", "load_detector_class", "make_detector", "validate_params",
+           "check_config", "check_fitted", "torch_device"]
+
+
+class DetectorParams(BaseModel):
+    """Base of every detector's parameter model: strict types, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    #: torch device; set by the search from ``compute.device`` (``auto``: CUDA when visible).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    random_state: int | None = Field(default=None, ge=0)
 
 
 class BaseDetector(BaseEstimator):
@@ -45,7 +71,11 @@ class BaseDetector(BaseEstimator):
     #: ``"labels"`` (needs y_true) or ``"reference"`` (needs X_reference) when requires_truth.
     truth_kind: ClassVar[str | None] = None
     #: True when the detector has a fold-independent stage trained on sideband events only.
-    has_sideband_stage: ClassVar[bool] = False
+    needs_sideband_stage: ClassVar[bool] = False
+    #: True when the search keeps each fold's fitted model (``save``/``load``) for export.
+    keeps_model: ClassVar[bool] = False
+    #: The parameter model (validated before anything runs).
+    Params: ClassVar[type[DetectorParams]] = DetectorParams
 
     def fit(self, X, m, *, signal_region, y_true=None, X_reference=None,
             sideband_state=None):  # pragma: no cover
@@ -56,6 +86,32 @@ class BaseDetector(BaseEstimator):
 
     def score(self, X) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    @classmethod
+    def uses_torch(cls, params: dict, stage: str = "fit") -> bool:
+        """Whether ``stage`` (``"fit"`` or ``"sidebands"``) trains torch models with these
+        parameters: those stages can use a GPU, and the search passes them a ``device``."""
+        return False
+
+    def training_log(self) -> Any:
+        """JSON-serialisable training history (e.g. validation loss per epoch); empty by default."""
+        return []
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to ``path`` (atomically); read it back with :meth:`load`."""
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BaseDetector":
+        """A detector written by :meth:`save`."""
+        with open(path, "rb") as f:
+            det = pickle.load(f)
+        if not isinstance(det, cls):
+            raise TypeError(f"{path}: holds a {type(det).__name__}, not a {cls.__name__}")
+        return det
 
 
 def check_fitted(detector: BaseDetector, attribute: str) -> None:
@@ -81,17 +137,33 @@ def check_inputs(X, m=None) -> tuple[np.ndarray, np.ndarray | None]:
     return X, m
 
 
+def _find_module(name: str) -> str | None:
+    """The module of detector ``name``: ``detectors/<name>.py``, or an importable dotted path
+    (``mypackage.mydetector``) for detectors kept outside sideband."""
+    parts = name.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return None
+    candidates = [f"sideband.detectors.{name}"] if len(parts) == 1 else [name]
+    for mod in candidates:
+        try:
+            if importlib.util.find_spec(mod) is not None:
+                return mod
+        except ModuleNotFoundError:
+            continue
+    return None
+
+
 def load_detector_class(name: str) -> type[BaseDetector]:
-    """The detector class of module ``detectors.<name>`` (its ``Detector`` attribute)."""
-    if not name.isidentifier() or importlib.util.find_spec(f"sideband.detectors.{name}") is None:
+    """The ``Detector`` class of ``detectors/<name>.py`` (or of the importable module ``name``)."""
+    module_name = _find_module(name)
+    if module_name is None:
         raise ConfigError(
-            f"unknown detector '{name}': no module detectors/{name}.py; available: "
-            f"{', '.join(available_detectors())}"
+            f"unknown detector '{name}': no module detectors/{name}.py (nor an importable module of that "
+            f"name); available: {', '.join(available_detectors())}"
         )
-    module = importlib.import_module(f"sideband.detectors.{name}")
-    cls = getattr(module, "Detector", None)
-    if cls is None or not issubclass(cls, BaseDetector):
-        raise ConfigError(f"detectors/{name}.py defines no Detector class deriving from BaseDetector")
+    cls = getattr(importlib.import_module(module_name), "Detector", None)
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, BaseDetector)):
+        raise ConfigError(f"{module_name}: defines no Detector class deriving from BaseDetector")
     return cls
 
 
@@ -110,25 +182,69 @@ def available_detectors() -> list[str]:
     return sorted(names)
 
 
-def make_detector(name: str, params: dict, random_state: int | None = None) -> BaseDetector:
-    """Build a detector from its config entry; unknown parameters are a ConfigError."""
+def _describe(err: dict) -> str:
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return "unknown parameter (typo?)"
+    if err["type"] == "literal_error":
+        return msg.replace("Input should be", "must be")
+    return msg[0].lower() + msg[1:] if msg else msg
+
+
+def validate_params(name: str, params: dict) -> dict:
+    """``params`` checked against detector ``name``'s ``Params``; a ConfigError names each problem.
+
+    Returns the parameters as given (defaults stay with the detector class).
+    """
     cls = load_detector_class(name)
-    valid = set(cls().get_params())
-    unknown = sorted(set(params) - valid)
-    if unknown:
-        raise ConfigError(
-            f"detectors.{name}: unknown parameter(s) {unknown}; valid ones are {sorted(valid)}"
-        )
-    params = dict(params)
-    if "random_state" in valid and random_state is not None:
+    try:
+        cls.Params.model_validate(dict(params))
+    except ValidationError as exc:
+        valid = sorted(cls.Params.model_fields)
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+            problems.append(f"detectors.{name}.params.{loc}: {_describe(err)}{got}")
+        raise ConfigError("; ".join(problems) + f"; valid parameters: {', '.join(valid)}") from None
+    return dict(params)
+
+
+def check_config(cfg) -> None:
+    """The detector part of a search config: names, parameter values, needed inputs.
+
+    Raises ConfigError naming the key. Used as the ``check`` of the config loader.
+    """
+    enabled = [n for n, d in cfg.detectors.items() if d.enabled]
+    if not enabled:
+        raise ConfigError("detectors: no detector is enabled, so the search would only fit the inclusive "
+                          f"spectrum; enable one of {', '.join(available_detectors())}")
+    for name, det in cfg.detectors.items():
+        cls = load_detector_class(name)
+        validate_params(name, det.params)
+        if det.enabled and cls.truth_kind == "reference" and not cfg.data.reference:
+            raise ConfigError(f"detectors.{name} needs a pure-background reference sample; "
+                              "set data.reference to its file (e.g. qcd_extra_features.h5)")
+
+
+def make_detector(name: str, params: dict, random_state: int | None = None) -> BaseDetector:
+    """Build a detector from its config entry; invalid parameters are a ConfigError."""
+    cls = load_detector_class(name)
+    params = validate_params(name, params)
+    if "random_state" in cls.Params.model_fields and random_state is not None:
         params.setdefault("random_state", random_state)
     return cls(**params)
 
 
 def torch_device(requested: str = "auto"):
-    """``cuda`` when asked for or available (``auto``), else ``cpu``."""
+    """The torch device for a detector's ``device`` parameter (decided by the search).
+
+    ``cpu`` never touches CUDA; ``auto`` picks CUDA only when it is visible; ``cuda`` is CUDA.
+    """
     import torch
 
+    if requested == "cpu":
+        return torch.device("cpu")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)

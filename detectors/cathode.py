@@ -19,7 +19,11 @@ import logging
 
 import numpy as np
 
-from ._classifier import ClassifierDetector
+from typing import Any
+
+from pydantic import Field
+
+from ._classifier import ClassifierDetector, ClassifierParams
 from ._flow import ConditionalFlow
 from .base import BaseDetector, check_inputs, torch_device
 
@@ -28,6 +32,11 @@ __all__ = ["Cathode", "Detector"]
 log = logging.getLogger(__name__)
 _MARGIN = 0.05
 _EPS = 1e-6
+
+
+class CathodeParams(ClassifierParams):
+    flow_params: dict[str, Any] | None = None
+    oversampling: float = Field(default=4.0, gt=0)
 
 
 class Cathode(ClassifierDetector, BaseDetector):
@@ -49,9 +58,14 @@ class Cathode(ClassifierDetector, BaseDetector):
     """
 
     name = "cathode"
-    has_sideband_stage = True
+    needs_sideband_stage = True
+    Params = CathodeParams
 
-    def __init__(self, flow_params=None, oversampling=4.0, model="hgb", n_ensemble=5, hgb_params=None,
+    @classmethod
+    def uses_torch(cls, params: dict, stage: str = "fit") -> bool:
+        return stage == "sidebands" or super().uses_torch(params, stage)
+
+    def __init__(self, *, flow_params=None, oversampling=4.0, model="hgb", n_ensemble=5, hgb_params=None,
                  mlp_params=None, device="auto", random_state=None):
         self.flow_params = flow_params
         self.oversampling = oversampling
@@ -125,6 +139,12 @@ class Cathode(ClassifierDetector, BaseDetector):
         self._fit_classifier(Xc, yc)
         self.flow_history_ = sideband_state["flow"]["history"]
         return self
+
+    def training_log(self):
+        """The classifier members' validation curves, then the flow's (trained once per window)."""
+        flow = getattr(self, "flow_history_", None)
+        extra = [{"model": "flow", "epochs": flow.get("epochs"), "validation_loss": flow.get("val_loss")}] if flow else []
+        return super().training_log() + extra
 
     def sample_background(self, m_sr, prep, n):
         """``n`` synthetic SR background events: mjj from a KDE of ``m_sr``, x from the flow."""

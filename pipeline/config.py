@@ -1,13 +1,15 @@
 """Configuration: one YAML file, loaded and validated here, used by the CLI and workflows.
 
 Validation has two stages: the schema (types, unknown keys, ranges; pydantic) and
-semantic checks (feature names exist, windows lie in the fit range, detectors exist and
-accept their parameters). Every problem is reported with its dotted location and value.
-All masses are in GeV.
+semantic checks (feature names exist, windows lie in the fit range). Checks that need the
+detectors (names exist, parameter values valid) are an upper layer's: they come in through
+``check`` (``sideband.workflows.load_config`` passes them). Every problem is reported with
+its dotted location and value. Every default lives here, once. All masses are in GeV.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,12 +101,16 @@ class DetectorConfig(_Strict):
 
 
 class ComputeConfig(_Strict):
+    #: None: a LocalCluster on this machine; "synchronous": in-process; an address or scheduler file.
     scheduler: str | None = None
     n_workers: int | None = Field(default=None, gt=0)
     threads_per_worker: int = Field(default=1, gt=0)
     processes: bool = True
-    gpu: bool = False
+    #: Where torch training runs: auto (a GPU where the workers have one), cpu, or cuda.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     retries: int = Field(default=2, ge=0)
+    #: Seconds to wait for an external scheduler before giving up.
+    connect_timeout: float = Field(default=10.0, gt=0)
 
 
 class TriggerConfig(_Strict):
@@ -195,8 +201,14 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     return f"{source}: invalid configuration: " + "; ".join(items)
 
 
-def config_from_dict(raw: dict, source: str = "config") -> Config:
-    """Validate a mapping (as read from YAML) into a :class:`Config`."""
+ConfigCheck = Callable[[Config], None]
+
+
+def config_from_dict(raw: dict, source: str = "config", check: ConfigCheck | None = None) -> Config:
+    """Validate a mapping (as read from YAML) into a :class:`Config`.
+
+    ``check(cfg)`` adds semantic checks of an upper layer (it raises ConfigError).
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -205,33 +217,31 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
-    from sideband.detectors.base import make_detector
-
-    for name, det in cfg.detectors.items():
+    if check is not None:
         try:
-            detector = make_detector(name, det.params)
+            check(cfg)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        if det.enabled and detector.truth_kind == "reference" and not cfg.data.reference:
-            raise ConfigError(f"{source}: detectors.{name} needs a pure-background reference sample; "
-                              "set data.reference to its file (e.g. qcd_extra_features.h5)")
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: dict | None = None,
+                check: ConfigCheck | None = None) -> Config:
     """Load, merge ``overrides`` (nested dict) into, and validate a YAML config."""
     if path is None and not DEFAULT_CONFIG.exists():  # installed without the repository
-        return config_from_dict(_merge({}, overrides or {}), "built-in defaults")
+        return config_from_dict(_merge({}, overrides or {}), "built-in defaults", check)
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.exists():
         raise ConfigError(f"{path}: config file not found; pass --config with an existing YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: is a directory, not a config file; pass --config with a YAML file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
     if overrides:
         raw = _merge(raw, overrides)
-    return config_from_dict(raw, str(path))
+    return config_from_dict(raw, str(path), check)
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -124,7 +124,7 @@ class _H5Frame:
                     self.blocks.append((f"{key}/block{b}_values", items))
                     cols.extend(items)
                 self.columns = cols
-                self.n_rows = int(group[f"block0_values"].shape[0])
+                self.n_rows = int(group["block0_values"].shape[0])
         except (KeyError, OSError) as exc:
             raise InputFileError(
                 f"{path}: HDF5 structure under '{key}' is damaged ({exc}); re-create the file"

@@ -16,7 +16,8 @@ __all__ = ["write_results", "format_table", "fmt_value", "plot_spectra", "packag
            "write_injection_report", "RESULTS_SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
-RESULTS_SCHEMA_VERSION = 1
+#: Version of results.json (pipeline/results.schema.json); 2: records, relative paths, models, ceilings.
+RESULTS_SCHEMA_VERSION = 2
 
 
 def package_versions() -> dict:
@@ -169,9 +170,6 @@ def _style():
     return plt, plt.style.context(mplhep.style.CMS)
 
 
-CEILINGS = ("supervised", "idealized")
-
-
 def plot_sic_curves(metrics: list[dict], title: str = "") -> str | None:
     """SIC vs signal efficiency per detector; the ceilings dashed."""
     metrics = [m for m in metrics if m.get("sic")]
@@ -181,7 +179,7 @@ def plot_sic_curves(metrics: list[dict], title: str = "") -> str | None:
     with style:
         fig, ax = plt.subplots(figsize=(8, 6))
         for i, m in enumerate(metrics):
-            ls = "--" if m["detector"] in CEILINGS else "-"
+            ls = "--" if m.get("ceiling") else "-"
             sic = [np.nan if v is None else v for v in m["sic"]]
             ax.plot(m["eps_s"], sic, ls, color=f"C{i}",
                     label=f"{m['detector']} (AUC {m['auc']:.2f}, max {m['max_sic']:.1f})")
@@ -305,7 +303,8 @@ def write_html_report(out_dir: Path) -> Path:
     return path
 
 
-def _band_plot(points, summary_key, y_of, ylabel, xlabel="injected S/√B in the SR (before selection)", diag=False):
+def _band_plot(points, summary_key, y_of, ylabel, *, xlabel="injected S/√B in the SR (before selection)",
+               diag=False, ceilings=()):
     """Median over seeds with the 16-84% band, per detector, against S/sqrt(B) before selection."""
     plt, style = _style()
     dets = sorted({d for p in points for d in p["detectors"] if d != "none" or summary_key == "z"})
@@ -324,7 +323,7 @@ def _band_plot(points, summary_key, y_of, ylabel, xlabel="injected S/√B in the
                 lo.append(np.percentile(vals, 16))
                 hi.append(np.percentile(vals, 84))
             if xs:
-                ls = "--" if det in CEILINGS else "-"
+                ls = "--" if det in ceilings else "-"
                 ax.plot(xs, med, ls, marker="o", color=f"C{i}", label=det)
                 ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
         if diag:
@@ -342,6 +341,7 @@ def write_injection_report(out_dir: Path, result: dict, docs: list[dict]) -> Pat
     import html
 
     points = result["points"]
+    ceilings = {c for d in docs for c in d.get("ceilings", [])}
     head = ("<table><thead><tr><th>signal</th><th>injected</th><th>S/B (SR)</th><th>S/√B (SR)</th>"
             "<th>detector</th><th>best Z (median)</th><th>max SIC (median)</th><th>AUC</th><th>seeds</th>"
             "</tr></thead><tbody>")
@@ -353,8 +353,8 @@ def write_injection_report(out_dir: Path, result: dict, docs: list[dict]) -> Pat
     sections = [("Summary (median over seeds)", head + body + "</tbody></table>")]
     panels = [
         _img(_band_plot(points, "z", lambda p, d: p["detectors"][d]["z_best"], "best local Z after selection",
-                        diag=True), "significance vs injected S/sqrt(B): median and 68% band over seeds"),
-        _img(_band_plot(points, "sic", lambda p, d: p["detectors"][d].get("max_sic"), "max SIC"),
+                        diag=True, ceilings=ceilings), "significance vs injected S/sqrt(B): median and 68% band over seeds"),
+        _img(_band_plot(points, "sic", lambda p, d: p["detectors"][d].get("max_sic"), "max SIC", ceilings=ceilings),
              "max SIC vs injection (dashed: supervised and idealized ceilings)"),
         _img(_band_plot(points, "ul", lambda p, d: min((v for v in p["detectors"][d]["upper_limit"].values()
                                                         if v is not None), default=None),

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sideband.pipeline.dag import demo_data_path
+from sideband.pipeline.table import demo_data_path
 
 SHARED = Path(os.environ.get("SIDEBAND_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "rnd"
 
@@ -38,7 +38,7 @@ def small_h5(tmp_path_factory, demo_frame) -> Path:
 @pytest.fixture
 def fast_config():
     """A tiny, fast search configuration (2 folds, one small boosted-tree model)."""
-    from sideband.pipeline.config import config_from_dict
+    from sideband.workflows.configure import config_from_dict
 
     def make(data_path, **extra):
         raw = {

@@ -89,7 +89,7 @@ def test_same_seed_same_scores(detector_name):
 def test_unknown_detector_and_parameter():
     with pytest.raises(ConfigError, match="unknown detector 'cwolla'.*cwola"):
         make_detector("cwolla", {})
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['n_trees'\]"):
+    with pytest.raises(ConfigError, match=r"detectors.cwola.params.n_trees: unknown parameter.*valid parameters: .*n_ensemble"):
         make_detector("cwola", {"n_trees": 3})
 
 

@@ -62,13 +62,13 @@ def test_same_seed_same_events(generated, tmp_path):
 
 
 def test_generated_files_go_through_the_search(generated, tmp_path):
-    from sideband.pipeline.dag import load_node
+    from sideband.pipeline.config import DataConfig
+    from sideband.pipeline.table import load_table
 
-    loaded = load_node({"path": str(generated / "qcd_features.h5"), "format": "auto", "key": "df", "tree": None,
-                        "chunk_size": 1000, "strict": True,
-                        "inject": {"path": str(generated / "signal.root"), "n_events": 10, "format": "auto"}},
-                       str(tmp_path), seed=1)
-    assert loaded["n_events"] == 40 and loaded["n_injected"] == 10
+    data = DataConfig(path=str(generated / "qcd_features.h5"), chunk_size=1000, strict=True,
+                      inject={"path": str(generated / "signal.root"), "n_events": 10})
+    table = load_table(data, str(tmp_path), seed=1)
+    assert table.n_events == 40 and table.n_injected == 10
 
 
 def test_bad_signal_masses_are_user_errors(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
                   "SidebandError", "SidebandUserError", "InputFileError", "ConfigError", "RegionError",
                   "CANONICAL_COLUMNS", "FEATURE_COLUMNS"}),
     ("detectors", {"BaseDetector", "available_detectors", "load_detector_class", "make_detector"}),
-    ("workflows", {"run_search", "run_injection", "export_trigger", "fit_spectrum", "generate"}),
+    ("workflows", {"load_config", "run_search", "run_injection", "export_trigger", "fit_spectrum", "generate"}),
 ])
 def test_all_is_curated_and_importable(package, expected):
     mod = importlib.import_module(f"sideband.{package}")

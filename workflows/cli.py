@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unblind", action="store_true",
                    help="show the signal-region data: observed counts, Z and observed limits "
                         "(hidden by default; results.json records the choice)")
-    s.add_argument("--no-progress", action="store_true", help="do not print progress")
+    s.add_argument("--no-progress", action="store_true", help="print no progress (default: a bar on a terminal, one line per finished stage otherwise)")
     s.set_defaults(func=_cmd_search)
 
     t = sub.add_parser(
@@ -134,13 +134,19 @@ def _overrides(args) -> dict:
     return out
 
 
+def _progress(args) -> bool:
+    """Progress on standard error: a bar on a terminal, one line per finished stage elsewhere;
+    nothing with --no-progress."""
+    return not args.no_progress
+
+
 def _cmd_search(args) -> int:
-    from sideband.pipeline.config import load_config
     from sideband.pipeline.report import format_table
+    from sideband.workflows.configure import load_config
     from sideband.workflows.search import run_search
 
     cfg = load_config(args.config, _overrides(args))
-    results = run_search(cfg, args.out, progress=not args.no_progress, unblind=args.unblind)
+    results = run_search(cfg, args.out, progress=_progress(args), unblind=args.unblind)
     print(format_table(results["results"]))
     if results["blinded"]:
         print("\nBLINDED: signal-region data hidden; rerun with --unblind to see observed counts and Z.")
@@ -153,7 +159,7 @@ def _cmd_export_trigger(args) -> int:
 
     trigger_cfg = None
     if args.config:
-        from sideband.pipeline.config import load_config
+        from sideband.workflows.configure import load_config
 
         trigger_cfg = load_config(args.config).trigger
     out = args.out or str(Path(args.run) / "trigger")
@@ -165,9 +171,8 @@ def _cmd_export_trigger(args) -> int:
 
 
 def _cmd_inject(args) -> int:
-    from sideband.pipeline.config import load_config
+    from sideband.workflows.configure import load_config
     from sideband.workflows.inject import run_injection
-    from sideband.workflows.search import _progress_printer
 
     overrides: dict = {}
     if args.data:
@@ -180,8 +185,7 @@ def _cmd_inject(args) -> int:
     except ValueError:
         raise SidebandUserError(f"--counts {args.counts!r}: give comma-separated integers, e.g. 0,300,600") from None
     res = run_injection(cfg, args.out, counts=counts, seeds=args.seeds, signals=args.signal,
-                        progress=None if args.no_progress else _progress_printer(),
-                        on_start=None if args.no_progress else (lambda m: print(m, file=sys.stderr)))
+                        progress=_progress(args))
     print(f"{'signal':<28} {'inj':>5} {'S/sqrtB':>7} {'detector':<11} {'Z best':>7} {'max SIC':>7} {'AUC':>6}")
     from sideband.pipeline.report import fmt_value as f
 
@@ -207,16 +211,16 @@ def _cmd_fit_spectrum(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    from sideband.pipeline.config import ComputeConfig
     from sideband.workflows.generate import generate
-    from sideband.workflows.search import _progress_printer
 
     physics = {"m_res": args.m_res, "m_x": args.m_x, "m_y": args.m_y, "decays": args.decays,
                "pthat_min": args.pthat_min}
     if args.process == "qcd":
         physics = {"pthat_min": args.pthat_min}
     metas = generate(args.process, args.events, args.out, seed=args.seed, chunk_size=args.chunk_size,
-                     name=args.name, n_signal=args.n_signal, compute={"scheduler": args.scheduler},
-                     progress=None if args.no_progress else _progress_printer(), **physics)
+                     name=args.name, n_signal=args.n_signal, compute=ComputeConfig(scheduler=args.scheduler),
+                     progress=_progress(args), **physics)
     for meta in metas:
         print(f"{meta['events_kept']} events kept of {meta['events_tried']} tried "
               f"(acceptance {meta['acceptance']:.3f}); {meta['kept_per_second_per_core']:.1f} kept events/s/core; "

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from sideband.pipeline.cache import atomic_path, cache_key, write_json
-from sideband.pipeline.dag import Graph, Node, run_graph
+from sideband.pipeline.config import ComputeConfig
+from sideband.pipeline.graph import Graph, Node
 from sideband.pipeline.exceptions import SidebandUserError, optional_import
 from sideband.pipeline.features import LHCO_FEATURE_COLUMNS, cluster_four_vectors, jets_to_lhco_frame
 
@@ -148,7 +149,7 @@ def generate_chunk(settings: list[str], seed: int, n_events: int, label: float, 
     return out
 
 
-def _merge(chunks: list[str], name: str, out_dir: str, label: float, settings: list[str], process: dict,
+def _merge(chunks: list[str], name: str, out_dir: str, label: float, settings: list[str], *, process: dict,
            shuffle_seed: int | None = None) -> dict:
     """Concatenate chunks into the three output files plus metadata (atomic writes)."""
     import awkward as ak
@@ -209,8 +210,8 @@ def _merge(chunks: list[str], name: str, out_dir: str, label: float, settings: l
 
 
 def generate(process: str, n_events: int, out_dir: str | Path, *, seed: int = 1001, chunk_size: int = 1000,
-             name: str | None = None, n_signal: int = 0, compute: dict | None = None, progress=None,
-             **physics) -> list[dict]:
+             name: str | None = None, n_signal: int = 0, compute: ComputeConfig | None = None,
+             progress: bool | str = False, **physics) -> list[dict]:
     """Generate a sample (or the demo mixture); returns the metadata of each written sample."""
     if n_events <= 0:
         raise SidebandUserError(f"--events {n_events}: must be positive")
@@ -236,19 +237,23 @@ def generate(process: str, n_events: int, out_dir: str | Path, *, seed: int = 10
             size = min(chunk_size, n - start)
             key = cache_key(GEN_VERSION, settings, base_seed + i, size, label)
             refs.append(g.add(Node(f"gen-{proc}-{base_seed + i}-{key}", generate_chunk,
-                                   (settings, base_seed + i, size, label, str(out / "chunks" / f"{proc}-{key}.npz")),
-                                   "generate")))
+                                   {"settings": settings, "seed": base_seed + i, "n_events": size, "label": label,
+                                    "out": str(out / "chunks" / f"{proc}-{key}.npz")}, kind="generate")))
         merged_chunks.append((proc, refs, label, settings))
     finals = []
     if process == "demo":
         all_refs = [r for _, refs, _, _ in merged_chunks for r in refs]
-        finals.append(g.add(Node("merge-demo", _merge, (all_refs, name or "demo", str(out), 0.0,
-                                                        settings_of.get("qcd", []) + settings_of.get("signal", []),
-                                                        {"process": "demo", "qcd_events": n_events,
-                                                         "signal_events": n_signal, **physics}, seed), "merge")))
+        finals.append(g.add(Node("merge-demo", _merge, {
+            "chunks": all_refs, "name": name or "demo", "out_dir": str(out), "label": 0.0,
+            "settings": settings_of.get("qcd", []) + settings_of.get("signal", []),
+            "process": {"process": "demo", "qcd_events": n_events, "signal_events": n_signal, **physics},
+            "shuffle_seed": seed}, kind="merge")))
     else:
         proc, refs, label, settings = merged_chunks[0]
-        finals.append(g.add(Node(f"merge-{proc}", _merge, (refs, name or proc, str(out), label, settings,
-                                                          {"process": proc, **physics}), "merge")))
+        finals.append(g.add(Node(f"merge-{proc}", _merge, {
+            "chunks": refs, "name": name or proc, "out_dir": str(out), "label": label, "settings": settings,
+            "process": {"process": proc, **physics}}, kind="merge")))
     g.final = finals[-1].key
-    return [run_graph(g, compute or {}, progress)]
+    from .search import run_with_progress
+
+    return [run_with_progress(g, compute or ComputeConfig(), progress)]

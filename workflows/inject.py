@@ -20,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sideband.detectors.base import load_detector_class
 from sideband.pipeline.cache import cache_key, write_json
 from sideband.pipeline.config import Config, InjectConfig
-from sideband.pipeline.dag import Graph, Node, build_search_graph, run_graph
 from sideband.pipeline.exceptions import SidebandUserError
+from sideband.pipeline.graph import Graph, Node
+
+from .search_graph import build_search_graph
 
 __all__ = ["run_injection", "summarise_points"]
 
@@ -31,8 +34,6 @@ log = logging.getLogger(__name__)
 
 
 def _point_config(cfg: Config, signal: str, n: int, seed: int) -> Config:
-    from sideband.detectors.base import load_detector_class
-
     inject = InjectConfig(path=signal, n_events=n) if n > 0 else None
     detectors = cfg.detectors
     if n == 0:
@@ -88,7 +89,7 @@ def summarise_points(point_docs: list[dict]) -> dict:
     return {"points": points, "summary": summary}
 
 
-def inject_report_node(point_results: list[str], out_dir: str, meta: dict) -> str:
+def inject_report_node(point_results: list[str], *, out_dir: str, meta: dict) -> str:
     """Collect the points into inject_results.json and report.html."""
     from sideband.pipeline.report import write_injection_report
 
@@ -104,9 +105,9 @@ def inject_report_node(point_results: list[str], out_dir: str, meta: dict) -> st
 
 
 def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None = None, seeds: int | None = None,
-                  signals: list[str] | None = None, progress=None, on_start=None) -> dict:
+                  signals: list[str] | None = None, progress: bool | str = False) -> dict:
     """Run the scan; returns the parsed ``inject_results.json``."""
-    from sideband.workflows.search import check_output_dir
+    from sideband.workflows.search import check_output_dir, run_with_progress
 
     out = check_output_dir(Path(out_dir))
     inj = cfg.injection
@@ -120,7 +121,6 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
             raise SidebandUserError(f"{s}: no such signal file; check --signal")
     g = Graph()
     finals, points, dirs = [], [], []
-    seen: set[str] = set()
     for sig in signals:
         stem = Path(sig).stem
         for n in counts:
@@ -129,20 +129,17 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
                 pdir = out / "points" / f"{stem}-n{n}-s{seed}"
                 sub, _ = build_search_graph(_point_config(cfg, sig, n, seed), pdir, out / "cache",
                                             meta={"mode": "inject", "seed": seed}, blind=False)
-                for node in sub.nodes:
-                    if node.key not in seen:
-                        seen.add(node.key)
-                        g.nodes.append(node)
+                g.update(sub)
                 finals.append(sub.final)
                 points.append({"signal": sig, "signal_name": stem, "n_inject": n, "seed": seed})
                 dirs.append(str(pdir.relative_to(out)))
-    from sideband.pipeline.dag import Ref
+    from sideband.pipeline.graph import Ref
 
     key = cache_key("inject", [p for p in points])
-    g.nodes.append(Node(f"inject-report-{key}", inject_report_node,
-                        ([Ref(f) for f in finals], str(out), {"points": points, "dirs": dirs, "config": cfg.to_dict()}),
-                        "report"))
-    g.final = g.nodes[-1].key
+    final = g.add(Node(f"inject-report-{key}", inject_report_node,
+                       {"point_results": [Ref(f) for f in finals], "out_dir": str(out),
+                        "meta": {"points": points, "dirs": dirs, "config": cfg.to_dict()}}, kind="report"))
+    g.final = final.key
     log.info("injection scan: %d points, %d nodes", len(points), len(g.nodes))
-    path = run_graph(g, cfg.compute.model_dump(), progress, on_start=on_start)
+    path = run_with_progress(g, cfg.compute, progress)
     return json.loads(Path(path).read_text())

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-import time
 from pathlib import Path
 
 from sideband.pipeline.config import Config
-from sideband.pipeline.dag import build_search_graph, run_graph
 from sideband.pipeline.exceptions import SidebandUserError
+from sideband.pipeline.graph import Graph, run_graph
 
-__all__ = ["run_search", "check_output_dir"]
+from .progress import GraphProgress
+from .search_graph import build_search_graph
+
+__all__ = ["run_search", "check_output_dir", "run_with_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +33,20 @@ def check_output_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _progress_printer(stream=sys.stderr):
-    start = time.perf_counter()
+def run_with_progress(graph: Graph, compute, progress: bool | str = False):
+    """Run ``graph``; returns the final node's output.
 
-    def progress(done: int, total: int, key: str) -> None:
-        elapsed = time.perf_counter() - start
-        eta = elapsed / done * (total - done) if done else 0.0
-        stream.write(f"\r[{done}/{total}] nodes done, {elapsed:5.0f}s elapsed, ETA {eta:5.0f}s  ")
-        if done == total:
-            stream.write("\n")
-        stream.flush()
-
-    return progress
+    ``progress``: False prints nothing; True a progress bar on a terminal (one line per
+    finished stage elsewhere); ``"lines"`` one line per finished stage (standard error).
+    """
+    if not progress:
+        return run_graph(graph, compute)
+    with GraphProgress(graph, live=None if progress is True else False) as bar:
+        return run_graph(graph, compute, on_event=bar, on_start=bar.message)
 
 
 def run_search(cfg: Config, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-               progress: bool = False, unblind: bool = False) -> dict:
+               progress: bool | str = False, unblind: bool = False) -> dict:
     """Run the search graph for ``cfg``; returns the parsed ``results.json``.
 
     The search is blind unless ``unblind``: observed SR counts, Z and observed limits are
@@ -57,6 +56,5 @@ def run_search(cfg: Config, out_dir: str | Path, *, cache_dir: str | Path | None
     graph, _ = build_search_graph(cfg, out_dir, cache_dir, meta={"mode": "search", "seed": cfg.seed},
                                   blind=not unblind)
     log.info("search graph: %d nodes", len(graph.nodes))
-    path = run_graph(graph, cfg.compute.model_dump(), _progress_printer() if progress else None,
-                     on_start=(lambda msg: print(msg, file=sys.stderr)) if progress else None)
+    path = run_with_progress(graph, cfg.compute, progress)
     return json.loads(Path(path).read_text())

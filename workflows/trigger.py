@@ -33,16 +33,26 @@ log = logging.getLogger(__name__)
 
 
 def find_models(run_dir: Path, detector: str = "autoencoder") -> list[dict]:
-    """Model records (sidecar JSON) of ``detector`` in a search output directory."""
-    cache = Path(run_dir) / "cache"
-    if not (Path(run_dir) / "results.json").exists():
+    """The models of ``detector`` that a finished search kept (results.json lists their sidecars).
+
+    Paths in results.json are relative to the run directory, so a moved or copied run works
+    from any working directory.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "results.json").is_file():
         raise SidebandUserError(f"{run_dir}: no results.json; point --run at the output directory of a "
                                 "finished 'sideband search'")
+    doc = json.loads((run_dir / "results.json").read_text())
     records = []
-    for side in sorted(cache.glob("train-*.model.json")):
+    for rel in doc.get("models", []):
+        side = run_dir / rel
+        if not side.is_file():
+            raise SidebandUserError(f"{side}: model listed in {run_dir}/results.json is missing; rerun the search "
+                                    "with the same --out to recreate it")
         rec = json.loads(side.read_text())
         if rec["detector"] == detector:
-            rec["dir"] = str(cache)
+            rec["dir"] = str(side.parent)
+            rec["events_path"] = str(run_dir / doc["event_table"])
             records.append(rec)
     if not records:
         raise SidebandUserError(f"{run_dir}: no trained '{detector}' model in the run; enable the "
@@ -51,14 +61,10 @@ def find_models(run_dir: Path, detector: str = "autoencoder") -> list[dict]:
 
 
 def _load_model(rec: dict):
-    import torch
+    from sideband.detectors.autoencoder import Autoencoder
 
-    from sideband.detectors.autoencoder import build_trigger_model
-
-    state = torch.load(Path(rec["dir"]) / rec["model"], weights_only=False)
-    model = build_trigger_model(state["n_features"], state["hidden"], state["latent"])
-    model.load_state_dict(state["state_dict"])
-    return model.eval(), state
+    det = Autoencoder.load(Path(rec["dir"]) / rec["model"])
+    return det.model_.eval(), det.export_state()
 
 
 def _macs(model) -> int:
@@ -125,8 +131,7 @@ def export_trigger(run_dir: str | Path, out_dir: str | Path, *, rate: float = 1e
     model, state = _load_model(rec)
     feats = rec["features"]
     events = pd.read_parquet(rec["events_path"])
-    with np.load(Path(rec["dir"]) / rec["scores"]) as z:
-        trained = z["train"]
+    trained = np.unpackbits(np.load(Path(rec["dir"]) / rec["train_mask"]))[:rec["n_events"]].astype(bool)
     X = events[feats].to_numpy(np.float32)[~trained]
     labels = events["label"].to_numpy()[~trained] if "label" in events else None
     with torch.no_grad():

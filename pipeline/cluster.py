@@ -1,0 +1,129 @@
+"""Where a graph runs: a local cluster on this machine, or an existing Dask cluster.
+
+``compute.scheduler``: None starts a local cluster: one single-threaded worker per core by
+default (OpenMP/BLAS/torch threads capped per worker); on a machine with GPUs (and
+``compute.device`` not ``cpu``) one worker per GPU pinned with ``CUDA_VISIBLE_DEVICES`` and
+advertising ``{"GPU": 1}``, plus CPU workers for the other cores, as dask-cuda's
+``LocalCUDACluster`` would place them (:func:`worker_specs`). An address
+(``tcp://host:port``) or a scheduler file (``*.json``, as written by ``dask scheduler
+--scheduler-file`` or dask-jobqueue) joins an existing cluster, failing within
+``compute.connect_timeout`` seconds with the address and a hint when nobody answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .exceptions import SidebandUserError
+
+__all__ = ["open_client", "worker_resources", "cpu_workers", "worker_specs", "count_gpus", "limit_threads"]
+
+log = logging.getLogger(__name__)
+
+
+def limit_threads(n: int) -> None:
+    """Cap torch, OpenMP and BLAS threads in this process (avoids oversubscription)."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover
+        pass
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def worker_resources(client) -> set[str]:
+    """Names of the resources that at least one worker of ``client`` advertises."""
+    return {name for w in client.scheduler_info()["workers"].values() for name in (w.get("resources") or {})}
+
+
+def count_gpus(compute) -> int:
+    """GPUs this machine offers the run: 0 for ``device: cpu`` (CUDA is never touched then)."""
+    if compute.device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_specs(n_workers: int, n_gpus: int, threads: int) -> dict[str, dict]:
+    """Worker specs of a local cluster with GPUs, the way dask-cuda places them.
+
+    One worker per GPU, pinned with ``CUDA_VISIBLE_DEVICES`` and advertising
+    ``{"GPU": 1}`` (one training at a time on each GPU), plus CPU workers for the remaining
+    cores with no GPU visible. Returned as ``{name: {"cls": Nanny, "options": ...}}`` for
+    :class:`distributed.SpecCluster`.
+    """
+    from distributed import Nanny
+
+    env = {"OMP_NUM_THREADS": str(threads)}
+    specs = {}
+    for i in range(n_gpus):
+        specs[f"gpu-{i}"] = {"cls": Nanny, "options": {
+            "nthreads": 1, "resources": {"GPU": 1}, "env": env | {"CUDA_VISIBLE_DEVICES": str(i)}}}
+    for i in range(max(n_workers - n_gpus, 1)):
+        specs[f"cpu-{i}"] = {"cls": Nanny, "options": {"nthreads": threads, "env": env | {"CUDA_VISIBLE_DEVICES": ""}}}
+    return specs
+
+
+def _local_cluster(compute):
+    from distributed import LocalCluster, Scheduler, SpecCluster
+
+    threads = int(compute.threads_per_worker)
+    n_workers = compute.n_workers or max(1, (os.cpu_count() or 1) // threads)
+    n_gpus = count_gpus(compute) if compute.processes else 0
+    if n_gpus:
+        log.info("local cluster: %d GPU worker(s) + %d CPU worker(s)", n_gpus, max(n_workers - n_gpus, 1))
+        return SpecCluster(workers=worker_specs(n_workers, n_gpus, threads),
+                           scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}})
+    kwargs = {"env": {"OMP_NUM_THREADS": str(threads)}} if compute.processes else {}
+    return LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=bool(compute.processes),
+                        dashboard_address=":0", **kwargs)
+
+
+@contextlib.contextmanager
+def open_client(compute) -> Iterator:
+    """A Dask client for ``compute`` (a ComputeConfig), closed (with its local cluster) on exit."""
+    from distributed import Client
+
+    sched = compute.scheduler
+    cluster = None
+    timeout = f"{compute.connect_timeout}s"
+    if sched is None:
+        cluster = _local_cluster(compute)
+        client = Client(cluster)
+    else:
+        try:
+            if sched.endswith(".json"):
+                if not Path(sched).is_file():
+                    raise SidebandUserError(f"{sched}: no such scheduler file; start the scheduler with "
+                                            "'dask scheduler --scheduler-file FILE' or pass its tcp:// address")
+                client = Client(scheduler_file=sched, timeout=timeout)
+            else:
+                client = Client(sched, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
+            raise SidebandUserError(
+                f"{sched}: could not reach the Dask scheduler within {compute.connect_timeout:g} s "
+                f"({type(exc).__name__}); is 'dask scheduler' running there and the port open (firewall)? "
+                "Set compute.connect_timeout to wait longer"
+            ) from None
+    try:
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def cpu_workers(client) -> list[str]:
+    """Addresses of the workers without a GPU (where CPU nodes go when GPU workers exist)."""
+    return [addr for addr, w in client.scheduler_info()["workers"].items() if not (w.get("resources") or {}).get("GPU")]

@@ -1,0 +1,48 @@
+"""The last stage of a search: look-elsewhere over every test, results.json, plots and report.html."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .cache import write_json
+from .config import StatsConfig
+from .records import EventTable, WindowTests
+
+__all__ = ["write_run"]
+
+
+def _relative(path: str, out_dir: Path) -> str:
+    """``path`` relative to the run directory (relocatable runs; a shared cache beside it too)."""
+    return os.path.relpath(Path(path).resolve(), Path(out_dir).resolve())
+
+
+def write_run(outputs: list[WindowTests], table: EventTable, *, meta: dict, out_dir: str, stats: StatsConfig,
+              ceilings: tuple[str, ...] = ()) -> str:
+    """Collect every (window, detector)'s tests; write results.json, training/timing JSON, plots, HTML.
+
+    ``ceilings`` name the truth-based benchmark detectors: shown, but not searches, so not
+    trials of the look-elsewhere correction. Returns the path of results.json.
+    """
+    from .lee import global_significance
+    from .report import plot_spectra, write_html_report, write_results
+
+    out = Path(out_dir)
+    rows = [r.to_dict() for o in outputs for r in o.rows]
+    lee = None
+    if not meta.get("blinded", True):
+        lee = global_significance([r for r in rows if r["detector"] not in ceilings], int(stats.global_toys),
+                                  seed=int(meta.get("seed") or 0))
+    shown = [{"rows": [r.to_dict() for r in o.rows], "spectra": list(o.spectra)} for o in outputs]
+    plots = plot_spectra(shown, out / "plots")
+    metrics = [o.metrics | {"ceiling": o.metrics["detector"] in ceilings} for o in outputs if o.metrics]
+    write_json(out / "training.json", [o.training for o in outputs if o.training])
+    # Wall times vary run to run; they live beside results.json so that file is reproducible.
+    write_json(out / "timing.json", [o.timing for o in outputs])
+    models = [_relative(p, out) for o in outputs for p in o.model_paths]
+    path = write_results(out, rows, meta | {
+        "inputs": list(table.sources), "n_events": table.n_events, "n_injected": table.n_injected,
+        "event_table": _relative(table.path, out), "models": models, "ceilings": list(ceilings),
+        "plots": plots, "detector_metrics": metrics, "look_elsewhere": lee})
+    write_html_report(out)
+    return str(path)

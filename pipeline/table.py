@@ -1,0 +1,118 @@
+"""The event table of a run: the input file (plus injected signal) as one canonical table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cache import atomic_path, cache_key, file_hash
+from .config import DataConfig
+from .exceptions import InputFileError, RegionError
+from .records import EventTable
+
+__all__ = ["demo_data_path", "load_table", "data_identity", "read_table", "TABLE_VERSION"]
+
+#: Bumped whenever the table's meaning changes, so stale caches are not reused.
+TABLE_VERSION = 1
+
+
+def demo_data_path() -> Path:
+    """The demo dataset shipped with sideband (LHC Olympics feature layout)."""
+    return Path(__file__).resolve().parent / "data" / "demo_events.h5"
+
+
+def _input_path(data: DataConfig) -> str:
+    return data.path or str(demo_data_path())
+
+
+def data_identity(data: DataConfig) -> dict:
+    """What identifies the input: content hashes, not paths (a moved file still hits the cache)."""
+    path = _input_path(data)
+    ident = data.model_dump(mode="json", exclude={"path", "chunk_size", "inject", "reference"})
+    if data.reference:
+        ident["reference"] = file_hash(data.reference) if Path(data.reference).is_file() else data.reference
+    ident["hash"] = file_hash(path) if Path(path).is_file() else path
+    if data.inject:
+        inj = data.inject
+        ident["inject"] = {"hash": file_hash(inj.path) if Path(inj.path).is_file() else inj.path,
+                           "n": inj.n_events, "format": inj.format}
+    return ident
+
+
+def read_table(table: EventTable, columns: list[str] | None = None) -> pd.DataFrame:
+    """The events of ``table`` (only ``columns`` when given)."""
+    return pd.read_parquet(table.path, columns=columns)
+
+
+def _check_regions(path: str, events: pd.DataFrame, signal_regions) -> None:
+    m_lo, m_hi = float(events["mjj"].min()), float(events["mjj"].max())
+    for lo, hi in signal_regions:
+        if hi <= m_lo or lo >= m_hi:
+            raise RegionError(
+                f"{path}: signal region {lo:g}-{hi:g} GeV lies outside the data's mjj range "
+                f"{m_lo:.0f}-{m_hi:.0f} GeV; move regions.signal_region / scan_centers into it"
+            )
+
+
+def _inject(events: pd.DataFrame, sig: pd.DataFrame, data: DataConfig, seed: int, signal_regions) -> pd.DataFrame:
+    inj = data.inject
+    sm = sig["mjj"].to_numpy()
+    if signal_regions and not any(np.any((sm >= lo) & (sm < hi)) for lo, hi in signal_regions):
+        raise InputFileError(
+            f"{inj.path}: none of its {len(sig)} signal events falls in a signal region "
+            f"({', '.join(f'{lo:g}-{hi:g}' for lo, hi in signal_regions)} GeV); inject a signal "
+            "that peaks there or move the window"
+        )
+    if inj.n_events > len(sig):
+        raise InputFileError(
+            f"{inj.path}: asked to inject {inj.n_events} events but the file holds "
+            f"{len(sig)}; lower data.inject.n_events"
+        )
+    rng = np.random.default_rng([seed, 7])
+    pick = np.sort(rng.choice(len(sig), size=inj.n_events, replace=False))
+    sig = sig.iloc[pick].copy()
+    if "label" not in sig:
+        sig["label"] = np.float32(1.0)
+    if "label" not in events:
+        events = events.assign(label=np.float32(0.0))
+    return pd.concat([events, sig], ignore_index=True)
+
+
+def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list | tuple = ()) -> EventTable:
+    """Read the input (plus injected signal) into one canonical Parquet table under ``cache_dir``.
+
+    Fails with a user error when a signal region lies outside the data's mjj range or an
+    injected signal file has no event in any signal region.
+    """
+    from .io import load_events
+
+    path = _input_path(data)
+
+    def load(file, fmt):
+        return load_events(file, fmt, cache_dir=Path(cache_dir) / "events", key=data.key, tree=data.tree,
+                           chunk_size=data.chunk_size, strict=data.strict)
+
+    events, source = load(path, data.format)
+    sources = [source.to_dict()]
+    _check_regions(path, events, signal_regions)
+    n_injected = 0
+    if data.inject and data.inject.n_events > 0:
+        sig, sig_source = load(data.inject.path, data.inject.format)
+        n_before = len(events)
+        events = _inject(events, sig, data, seed, signal_regions)
+        n_injected = len(events) - n_before
+        sources.append(sig_source.to_dict() | {"injected": n_injected})
+    key = cache_key("load", TABLE_VERSION, [s["content_hash"] for s in sources], n_injected, seed)
+    target = Path(cache_dir) / f"table-{key}.parquet"
+    if not target.exists():
+        with atomic_path(target, ".parquet") as tmp:
+            events.to_parquet(tmp, index=False)
+    reference_path = None
+    if data.reference:
+        _, ref_source = load(data.reference, "auto")
+        sources.append(ref_source.to_dict() | {"role": "reference"})
+        reference_path = ref_source.table_path  # the event cache's Parquet copy
+    return EventTable(path=str(target), sources=tuple(sources), n_events=len(events), n_injected=n_injected,
+                      reference_path=reference_path)

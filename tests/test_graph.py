@@ -1,0 +1,140 @@
+"""The graph engine alone (no physics): references, caching, retries, progress, sync and Dask."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from sideband.pipeline.config import ComputeConfig
+from sideband.pipeline.graph import Graph, Node, Ref, run_graph
+from sideband.pipeline.records import FoldScores
+
+
+def add(a, b):
+    return a + b
+
+
+def total(values):
+    return sum(values)
+
+
+def make_scores(n, seed):
+    rng = np.random.default_rng(seed)
+    return FoldScores(scores=rng.random(n), heldout=np.zeros(n, bool), train=np.ones(n, bool), wall_s=0.0)
+
+
+@dataclass
+class Flaky:
+    """Fails the first ``n`` calls (counted in a file, so it works across processes)."""
+
+    counter: str
+    n: int
+
+    def __call__(self, x):
+        count = int(open(self.counter).read()) if os.path.exists(self.counter) else 0
+        with open(self.counter, "w") as f:
+            f.write(str(count + 1))
+        if count < self.n:
+            raise RuntimeError(f"flaky call {count}")
+        return x
+
+
+def _graph(tmp_path):
+    g = Graph()
+    a = g.add(Node("a", add, {"a": 1, "b": 2}))
+    b = g.add(Node("b", add, {"a": a, "b": 10}, kind="sum"))
+    s = g.add(Node("scores", make_scores, {"n": 5, "seed": 1}, cache=str(tmp_path / "scores.npz")))
+    g.final = g.add(Node("total", total, {"values": [a, b, Ref("a")]}, kind="sum")).key
+    return g, s
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", None])
+def test_runs_references_in_lists_and_reports_every_node(tmp_path, scheduler):
+    g, _ = _graph(tmp_path)
+    events = []
+    compute = ComputeConfig(scheduler=scheduler, n_workers=2, processes=False)
+    assert run_graph(g, compute, on_event=events.append) == 3 + 13 + 3
+    assert sorted(e.key for e in events) == ["a", "b", "scores", "total"]
+    assert [e.done for e in events] == [1, 2, 3, 4] and all(e.total == 4 for e in events)
+
+
+def test_cached_nodes_are_read_back_not_recomputed(tmp_path):
+    g, s = _graph(tmp_path)
+    g.final = s.key
+    first = run_graph(g, ComputeConfig(scheduler="synchronous"))
+    mtime = (tmp_path / "scores.npz").stat().st_mtime_ns
+    events = []
+    again = run_graph(g, ComputeConfig(scheduler="synchronous"), on_event=events.append)
+    np.testing.assert_array_equal(first.scores, again.scores)
+    assert (tmp_path / "scores.npz").stat().st_mtime_ns == mtime
+    assert [e.cached for e in events if e.key == "scores"] == [True]
+
+
+def test_retries_then_succeeds_and_gives_up_after_retries(tmp_path):
+    g = Graph()
+    g.final = g.add(Node("flaky", Flaky(str(tmp_path / "n"), 2), {"x": 7})).key
+    assert run_graph(g, ComputeConfig(scheduler="synchronous", retries=2)) == 7
+    g2 = Graph()
+    g2.final = g2.add(Node("flaky", Flaky(str(tmp_path / "m"), 5), {"x": 7})).key
+    with pytest.raises(RuntimeError, match="flaky call 3"):
+        run_graph(g2, ComputeConfig(scheduler="synchronous", retries=3))
+
+
+def test_user_errors_are_not_retried(tmp_path):
+    from sideband.pipeline.exceptions import InputFileError
+
+    calls = []
+
+    def bad():
+        calls.append(1)
+        raise InputFileError("x.h5: broken")
+
+    g = Graph()
+    g.final = g.add(Node("bad", bad)).key
+    with pytest.raises(InputFileError):
+        run_graph(g, ComputeConfig(scheduler="synchronous", retries=3))
+    assert len(calls) == 1
+
+
+def test_a_node_must_follow_its_dependencies():
+    g = Graph()
+    with pytest.raises(KeyError, match="not in the graph yet"):
+        g.add(Node("b", add, {"a": Ref("a"), "b": 1}))
+
+
+def test_shared_nodes_are_added_once(tmp_path):
+    g1, _ = _graph(tmp_path)
+    g2, _ = _graph(tmp_path)
+    g1.update(g2)
+    assert len(g1) == 4
+
+
+def test_gpu_nodes_land_on_pinned_gpu_workers_and_cpu_nodes_never_do(monkeypatch):
+    """A faked two-GPU machine: one pinned worker per GPU (as dask-cuda), CPU nodes elsewhere."""
+    from sideband.pipeline import cluster
+
+    monkeypatch.setattr(cluster, "count_gpus", lambda compute: 2)
+    g = Graph()
+    gpu = [g.add(Node(f"gpu-{i}", _where, {"i": i}, resources={"GPU": 1})) for i in range(4)]
+    cpu = [g.add(Node(f"cpu-{i}", _where, {"i": i})) for i in range(4)]
+    g.final = g.add(Node("all", _collect, {"gpu": gpu, "cpu": cpu})).key
+    out = run_graph(g, ComputeConfig(n_workers=3, processes=True, device="auto"))
+    assert {v for _, v in out["gpu"]} <= {"0", "1"} and all(v for _, v in out["gpu"])
+    assert all(v == "" for _, v in out["cpu"])  # no GPU visible where CPU nodes ran
+
+
+def test_device_cpu_never_counts_gpus():
+    from sideband.pipeline.cluster import count_gpus
+
+    assert count_gpus(ComputeConfig(device="cpu")) == 0
+
+
+def _where(i):
+    return i, os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def _collect(gpu, cpu):
+    return {"gpu": gpu, "cpu": cpu}

@@ -1,0 +1,135 @@
+"""Which nodes a search has: the search graph built from the config, in one place.
+
+load (event table) -> per window and detector: [sideband stage] -> train per fold -> merge
+-> statistics; the inclusive test per window; -> the run's summary (look-elsewhere,
+results.json, report). The device of every torch stage is decided here, once
+(:func:`decide_device`), and passed to the detector as its ``device`` parameter; torch nodes
+request the ``GPU`` worker resource, which the engine drops where no worker has one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sideband.detectors.base import load_detector_class
+from sideband.pipeline.cache import cache_key
+from sideband.pipeline.config import ComputeConfig, Config
+from sideband.pipeline.evaluate import evaluate_window
+from sideband.pipeline.exceptions import ConfigError
+from sideband.pipeline.graph import Graph, Node, Ref
+from sideband.pipeline.regions import Window, make_windows
+from sideband.pipeline.scores import merge_folds
+from sideband.pipeline.summary import write_run
+from sideband.pipeline.table import data_identity, load_table
+
+from .training import DetectorSpec, fit_sideband_stage, train_fold
+
+__all__ = ["build_search_graph", "decide_device", "NODE_VERSION", "STATS_VERSION"]
+
+#: Bumped whenever node outputs change meaning or format, so stale caches are not reused.
+NODE_VERSION = 2
+#: Bumped when the statistics change: statistics nodes rerun, trained models are reused.
+STATS_VERSION = 4
+
+
+def decide_device(compute: ComputeConfig) -> str:
+    """The ``device`` every torch stage of the run gets: ``cpu``, ``cuda`` or ``auto``.
+
+    ``cpu`` never touches CUDA. ``cuda`` on this machine (LocalCluster or synchronous) without
+    a visible GPU is a config error. ``auto`` is decided here for local runs (CUDA when
+    visible); on an external cluster each GPU worker decides (CUDA where it sees one).
+    """
+    if compute.device == "cpu":
+        return "cpu"
+    local = compute.scheduler in (None, "synchronous")
+    if not local:
+        return compute.device
+    import torch
+
+    visible = torch.cuda.is_available()
+    if compute.device == "cuda" and not visible:
+        raise ConfigError("compute.device: cuda, but this machine has no visible CUDA device; "
+                          "use device: auto or cpu, or run on a GPU machine")
+    return "cuda" if visible else "cpu"
+
+
+def _spec(cfg: Config, name: str, device: str, stage: str) -> tuple[DetectorSpec, dict | None]:
+    det = cfg.detectors[name]
+    cls = load_detector_class(name)
+    params = dict(det.params)
+    gpu = device != "cpu" and cls.uses_torch(params, stage)
+    if "device" in cls.Params.model_fields:
+        params["device"] = device if cls.uses_torch(params, stage) else "cpu"
+    spec = DetectorSpec(name=name, params=params, features=tuple(det.features or cfg.features), n_folds=det.folds,
+                        threads=cfg.compute.threads_per_worker)
+    return spec, ({"GPU": 1} if gpu else None)
+
+
+def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, device: str, cache: Path,
+                    data_id: dict) -> Ref:
+    """Sideband stage, folds and merge of one (window, detector); returns the merged scores."""
+    cls = load_detector_class(name)
+    det = cfg.detectors[name]
+    feats = list(det.features or cfg.features)
+    spec, gpu = _spec(cfg, name, device, "fit")
+    tkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, spec.params, feats, det.folds)
+    stage = None
+    if cls.needs_sideband_stage:
+        pspec, pgpu = _spec(cfg, name, device, "sidebands")
+        pkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, pspec.params, feats)
+        stage = g.add(Node(f"prepare-{name}-{w.name}-{pkey}", fit_sideband_stage,
+                           {"table": table, "spec": pspec, "window": w, "seed": cfg.seed,
+                            "state_path": str(cache / f"prepare-{pkey}.pkl")},
+                           kind="prepare", resources=pgpu, cache=str(cache / f"prepare-{pkey}.json")))
+    folds = []
+    for k in range(det.folds):
+        model = str(cache / "models" / f"{name}-{w.name}-f{k}-{tkey}") if cls.keeps_model else None
+        folds.append(g.add(Node(f"train-{name}-{w.name}-f{k}-{tkey}", train_fold,
+                                {"table": table, "stage": stage, "spec": spec, "window": w, "fold": k,
+                                 "seed": cfg.seed, "model_path": model},
+                                kind="train", resources=gpu, cache=str(cache / f"train-{tkey}-f{k}.npz"))))
+    return g.add(Node(f"merge-{name}-{w.name}-{tkey}", merge_folds, {"table": table, "folds": folds},
+                      kind="merge", cache=str(cache / f"scores-{tkey}.npz")))
+
+
+def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path | None = None,
+                       meta: dict | None = None, blind: bool = True) -> tuple[Graph, list[Window]]:
+    """The search graph for ``cfg``; ``blind`` (the default) keeps the selected SR data out of every output."""
+    out_dir = Path(out_dir)
+    cache = Path(cache_dir) if cache_dir else out_dir / "cache"
+    data_id = data_identity(cfg.data)
+    windows = make_windows(cfg.regions.signal_region, cfg.fit.range, cfg.regions.sideband_width,
+                           cfg.regions.scan_centers)
+    device = decide_device(cfg.compute)
+    g = Graph()
+    srs = [(w.sr_lo, w.sr_hi) for w in windows]
+    lkey = cache_key(NODE_VERSION, data_id, cfg.seed, srs)
+    table = g.add(Node(f"load-{lkey}", load_table, {"data": cfg.data, "cache_dir": str(cache), "seed": cfg.seed,
+                                                    "signal_regions": srs},
+                       kind="load", cache=str(cache / f"table-{lkey}.json")))
+    stats_args = {"fit": cfg.fit, "stats": cfg.stats, "blind": blind, "seed": cfg.seed}
+    skey_common = (STATS_VERSION, cfg.fit.model_dump(mode="json"), cfg.stats.model_dump(mode="json"), blind)
+    outputs = []
+    for w in windows:
+        skey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), "none", *skey_common)
+        outputs.append(g.add(Node(f"stats-none-{w.name}-{skey}", evaluate_window,
+                                  {"table": table, "scores": None, "window": w, "detector": "none", **stats_args},
+                                  kind="stats", cache=str(cache / f"stats-{skey}.json"))))
+        for name in cfg.enabled_detectors():
+            merged = _detector_nodes(g, cfg, table, w, name, device=device, cache=cache, data_id=data_id)
+            skey = cache_key(merged.key, *skey_common)
+            outputs.append(g.add(Node(f"stats-{name}-{w.name}-{skey}", evaluate_window,
+                                      {"table": table, "scores": merged, "window": w, "detector": name,
+                                       **stats_args},
+                                      kind="stats", cache=str(cache / f"stats-{skey}.json"))))
+    meta = dict(meta or {})
+    meta["blinded"] = blind
+    meta.setdefault("config", cfg.to_dict())
+    meta.setdefault("windows", [w.to_dict() for w in windows])
+    meta["device"] = device
+    ceilings = tuple(n for n in cfg.enabled_detectors() if load_detector_class(n).requires_truth)
+    report = g.add(Node(f"report-{cache_key(str(out_dir.resolve()), lkey)}", write_run,
+                        {"outputs": outputs, "table": table, "meta": meta, "out_dir": str(out_dir),
+                         "stats": cfg.stats, "ceilings": ceilings}, kind="report"))
+    g.final = report.key
+    return g, windows
