@@ -80,13 +80,32 @@ def _local_cluster(compute):
     threads = int(compute.threads_per_worker)
     n_workers = compute.n_workers or max(1, (os.cpu_count() or 1) // threads)
     n_gpus = count_gpus(compute) if compute.processes else 0
-    if n_gpus:
-        log.info("local cluster: %d GPU worker(s) + %d CPU worker(s)", n_gpus, max(n_workers - n_gpus, 1))
-        return SpecCluster(workers=worker_specs(n_workers, n_gpus, threads),
-                           scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}})
-    kwargs = {"env": {"OMP_NUM_THREADS": str(threads)}} if compute.processes else {}
-    return LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=bool(compute.processes),
-                        dashboard_address=":0", **kwargs)
+    with _workers_ignore_sigint():
+        if n_gpus:
+            log.info("local cluster: %d GPU worker(s) + %d CPU worker(s)", n_gpus, max(n_workers - n_gpus, 1))
+            return SpecCluster(workers=worker_specs(n_workers, n_gpus, threads),
+                               scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}})
+        kwargs = {"env": {"OMP_NUM_THREADS": str(threads)}} if compute.processes else {}
+        return LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=bool(compute.processes),
+                            dashboard_address=":0", **kwargs)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Start worker processes with SIGINT ignored (inherited): Ctrl-C in a terminal reaches the
+    whole process group, and only this process should react (stop, close the cluster, say how to
+    resume) instead of every worker printing a traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @contextlib.contextmanager
@@ -118,6 +137,11 @@ def open_client(compute) -> Iterator:
     try:
         log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
+    except KeyboardInterrupt:
+        # stopping: the workers' complaints about lost connections are expected, not news
+        for name in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        raise
     finally:
         client.close()
         if cluster is not None:

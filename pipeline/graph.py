@@ -181,8 +181,19 @@ def run_graph(graph: Graph, compute, on_event: Callable[[NodeDone], None] | None
                 return _run_here(nodes, graph.final, int(compute.retries), report)
             return _run_dask(nodes, graph.final, compute, report, on_start)
         except KeyboardInterrupt:
+            _remove_partial_files(nodes)
             finished = sum(1 for n in nodes if _cached(n))
             raise GraphInterrupted(finished, sum(1 for n in nodes if n.cache), sig.received) from None
+
+
+def _remove_partial_files(nodes: list[Node]) -> None:
+    """Temporary files of outputs that were being written when the run stopped (see
+    :func:`.cache.atomic_path`: ``.<name>.<random><suffix>`` beside the destination)."""
+    for node in nodes:
+        if node.cache:
+            dest = Path(node.cache)
+            for tmp in dest.parent.glob(f".{dest.name}.*"):
+                tmp.unlink(missing_ok=True)
 
 
 def _run_here(nodes: list[Node], final: str, retries: int, report) -> Any:

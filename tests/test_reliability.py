@@ -91,3 +91,76 @@ def test_same_config_and_seed_give_identical_results(tmp_path, cfg_path, small_h
     b = _reference(tmp_path / "b", cfg_path, small_h5)
     assert a == b
     assert a["seed"] == 5 and a["versions"]["numpy"] and a["inputs"][0]["content_hash"]
+
+
+@pytest.mark.parametrize("sig,group,code", [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)])
+def test_interrupt_stops_quietly_and_the_rerun_recomputes_nothing_finished(tmp_path, cfg_path, small_h5,
+                                                                         sig, group, code):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM (to the main process,
+    as a batch system does) during a LocalCluster search: one line, no partial files, resumable."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sideband.workflows.cli", *_search(cfg_path, small_h5, out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "cache").glob("train-*.npz")):
+        time.sleep(0.05)
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "nodes finished and cached; run the same command again to resume" in lines[0], err
+    assert not [p for p in out.rglob(".*") if p.is_file()], "partial files left behind"
+    assert not (out / "results.json").exists()
+    done = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("*.*") if p.is_file()}
+    assert main(_search(cfg_path, small_h5, out, "--scheduler", "synchronous")) == 0
+    changed = [p.name for p, t in done.items() if p.stat().st_mtime_ns != t]
+    assert not changed, f"recomputed finished nodes: {changed}"
+
+
+def test_a_moved_run_exports_from_another_directory(tmp_path, small_h5, monkeypatch):
+    """Run directories are self-contained: move one, export its trigger model from elsewhere."""
+    cfg = tmp_path / "ae.yaml"
+    cfg.write_text(yaml.safe_dump({"seed": 2, "stats": {"selections": [0.1]}, "detectors": {"autoencoder": {
+        "folds": 2, "params": {"hidden": [8], "latent": 2, "epochs": 3}}}}))
+    work = tmp_path / "made-here"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["search", "--config", str(cfg), "--data", str(small_h5), "--out", "run1", "--no-progress",
+                 "--scheduler", "synchronous"]) == 0
+    (work / "run1").rename(tmp_path / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["export-trigger", "--run", str(tmp_path / "moved"), "--rate", "0.05", "--no-hls"]) == 0
+    report = json.loads((tmp_path / "moved" / "trigger" / "trigger_report.json").read_text())
+    assert report["background_acceptance"] == pytest.approx(0.05, abs=0.01)
+    # and the moved run resumes: every node is read from its cache
+    assert main(["search", "--config", str(cfg), "--data", str(small_h5), "--out", str(tmp_path / "moved"),
+                 "--no-progress", "--scheduler", "synchronous"]) == 0
+
+
+def test_unreachable_scheduler_fails_fast(tmp_path, capsys, small_h5):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"compute": {"connect_timeout": 1}}))
+    start = time.time()
+    assert main(["search", "--config", str(cfg), "--data", str(small_h5), "--out", str(tmp_path / "o"),
+                 "--no-progress", "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert time.time() - start < 20
+    assert "tcp://127.0.0.1:1: could not reach the Dask scheduler" in err and "dask scheduler" in err
+
+
+def test_internal_errors_are_one_line_and_a_log(tmp_path, capsys, monkeypatch, small_h5):
+    import sideband.workflows.search as search
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("something inside broke")
+
+    monkeypatch.setattr(search, "build_search_graph", boom)
+    (tmp_path / "o").mkdir()
+    assert main(["search", "--data", str(small_h5), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "internal error: ZeroDivisionError: something inside broke" in err
+    log = Path(err.split("traceback in ")[1].split(";")[0])
+    assert log.parent == (tmp_path / "o").resolve() and "Traceback" in log.read_text()

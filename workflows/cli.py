@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 
 from sideband.pipeline.exceptions import SidebandUserError
+from sideband.pipeline.graph import GraphInterrupted
 
 __all__ = ["main", "build_parser"]
 
+EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,9 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Dask's own INFO chatter (and its shutdown tracebacks) only with -vv; the variable is
-    # inherited by LocalCluster worker processes.
-    dask_level = "debug" if args.verbose >= 2 else "warning"
+    # Dask's own messages: worker processes inherit the variable; their own messages (heartbeats failing while a
+    # stopped run closes its cluster, ...) are noise to a user: a failed node reaches the
+    # client as an error anyway. -v shows warnings, -vv everything.
+    dask_level = ["critical", "warning", "debug"][min(args.verbose, 2)]
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", dask_level)
     logging.getLogger("distributed").setLevel(dask_level.upper())
     try:
@@ -244,6 +249,37 @@ def main(argv: list[str] | None = None) -> int:
     except SidebandUserError as exc:
         print(f"sideband: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except GraphInterrupted as exc:
+        print(f"sideband: interrupted ({exc.signal_name}): {exc.done} of {exc.total} nodes finished and cached; "
+              "run the same command again to resume", file=sys.stderr)
+        return EXIT_TERMINATED if exc.signal_name == "SIGTERM" else EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("sideband: interrupted; finished nodes are cached, run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a crash into one line and a log
+        path = _crash_log(args)
+        print(f"sideband: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(traceback in {path}; please report it)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _crash_log(args) -> Path:
+    """Write the current exception's traceback to a log file: in the output directory when
+    there is one, else the temporary directory. Returns its path."""
+    import tempfile
+    import time
+    import traceback
+
+    out = getattr(args, "out", None) or getattr(args, "run", None)
+    folder = Path(out) if out and Path(out).is_dir() else Path(tempfile.gettempdir())
+    path = folder / f"sideband-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        path.write_text(f"sideband {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    except OSError:
+        path = Path(tempfile.gettempdir()) / path.name
+        path.write_text(traceback.format_exc())
+    return path.resolve()
 
 
 if __name__ == "__main__":  # pragma: no cover
