@@ -94,20 +94,6 @@ def test_on_off_formula_matches_pyhf():
             assert float(z_on_off(n, b, s)) == pytest.approx(exact, rel=1e-3)
 
 
-def test_global_significance_is_below_local_and_grows_with_trials():
-    from sideband.pipeline.lee import global_significance
-
-    def rows(k):
-        return [{"z_local": 3.0, "n_expected_sr": 100.0, "n_expected_sr_unc": 5.0} for _ in range(k)]
-
-    one, many = rows(1), rows(30)
-    global_significance(one, n_toys=20_000)
-    info = global_significance(many, n_toys=20_000)
-    assert one[0]["z_global"] == pytest.approx(3.0, abs=0.3)  # one test: global ~ local
-    assert many[0]["z_global"] < one[0]["z_global"] - 0.5  # 30 trials dilute it
-    assert info["n_tests"] == 30 and info["max_z_quantiles"]["0.5"] > 1.0
-
-
 def test_function_choice_uncertainty_covers_a_too_simple_function():
     from sideband.pipeline.fits import predict_background
 
@@ -164,35 +150,3 @@ def test_toy_p_value_matches_asymptotics_at_large_counts_and_is_reproducible():
     assert toy_p_value(edges, counts, ~sr, sr, 0.0)["p0"] == 1.0  # no excess: nothing to compute
     # stops early once enough pseudo-experiments reach a small Z
     assert toy_p_value(edges, counts, ~sr, sr, 0.2, n_toys=10_000, seed=1)["n_toys"] == 500
-
-
-def test_global_significance_never_exceeds_local():
-    from sideband.pipeline.lee import global_significance
-
-    rows = [{"z_local": 2.0, "p0": float(stats.norm.sf(2.0)), "z_local_asymptotic": 2.4,
-             "n_expected_sr": 30.0, "n_expected_sr_unc": 5.0}]
-    global_significance(rows, n_toys=20_000)
-    assert rows[0]["p_global"] >= rows[0]["p0"] and rows[0]["z_global"] <= 2.0 + 1e-9
-
-
-def test_global_toys_draw_nested_selections_as_subsets():
-    from sideband.pipeline.lee import _nesting, global_significance
-
-    def rows():
-        out = [{"window": "w", "detector": "none", "selection": 1.0, "n_expected_sr": 10_000.0}]
-        out += [{"window": "w", "detector": "cwola", "selection": s, "n_expected_sr": 10_000.0 * s}
-                for s in (0.8, 0.6, 0.4)]
-        for r in out:
-            r.update(z_local=2.5, n_expected_sr_unc=0.3 * np.sqrt(r["n_expected_sr"]))
-        return out
-
-    nest = dict(_nesting(rows()))
-    assert nest == {0: None, 1: 0, 2: 1, 3: 2}
-    nested = rows()
-    info = global_significance(nested, n_toys=20_000)
-    independent = [dict(r, window=f"w{i}") for i, r in enumerate(rows())]  # no shared events
-    global_significance(independent, n_toys=20_000)
-    assert info["n_tests"] == 4
-    # correlated tests are fewer effective trials: a smaller look-elsewhere penalty
-    assert nested[0]["z_global"] > independent[0]["z_global"] + 0.05
-
