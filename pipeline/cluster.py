@@ -148,6 +148,26 @@ def open_client(compute) -> Iterator:
             cluster.close()
 
 
+def slurm_cluster(*, queue: str, cores: int, memory: str, walltime: str = "04:00:00", gpus: int = 0,
+                  account: str | None = None, **kwargs):
+    """A dask-jobqueue ``SLURMCluster`` whose workers sideband can use (docs/cluster.md).
+
+    ``gpus=1``: each job is one single-threaded worker with one GPU (``--gres=gpu:1``)
+    advertising ``{"GPU": 1}``; else ``cores`` single-threaded CPU workers per job.
+    """
+    from .exceptions import optional_import
+
+    jobqueue = optional_import("dask_jobqueue", "cluster", "a SLURM cluster")
+    extra = [f"--account={account}"] if account else []
+    if gpus:
+        return jobqueue.SLURMCluster(queue=queue, cores=1, processes=1, memory=memory, walltime=walltime,
+                                     job_extra_directives=extra + [f"--gres=gpu:{gpus}"],
+                                     worker_extra_args=["--resources", "GPU=1"], **kwargs)
+    return jobqueue.SLURMCluster(queue=queue, cores=cores, processes=cores, memory=memory, walltime=walltime,
+                                 job_extra_directives=extra, job_script_prologue=["export OMP_NUM_THREADS=1"],
+                                 **kwargs)
+
+
 def cpu_workers(client) -> list[str]:
     """Addresses of the workers without a GPU (where CPU nodes go when GPU workers exist)."""
     return [addr for addr, w in client.scheduler_info()["workers"].items() if not (w.get("resources") or {}).get("GPU")]

@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .exceptions import ConfigError
 from .features import FEATURE_COLUMNS
 
-__all__ = ["Config", "load_config", "config_from_dict", "DEFAULT_CONFIG"]
+__all__ = ["Config", "load_config", "config_from_dict", "DEFAULT_CONFIG", "DEMO_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+#: The shipped demo's config (a lighter scan), used when neither data nor a config is given.
+DEMO_CONFIG = DEFAULT_CONFIG.with_name("demo.yaml")
 
 
 class _Strict(BaseModel):
@@ -46,15 +48,38 @@ class DataConfig(_Strict):
     reference: str | None = None
 
 
+class ScanConfig(_Strict):
+    """The blind scan's sliding windows: SR width proportional to the mass (the dijet mass
+    resolution is about 4.8% of m_jj here: the 16-84% half width of the 3.5 TeV R&D signal),
+    overlapping by ``1 - step``."""
+
+    #: Range of window centres in GeV.
+    range: tuple[float, float] = (3100.0, 5000.0)
+    #: SR width as a fraction of the window centre (0.12: about 2.5 resolution widths).
+    width: float = Field(default=0.12, gt=0, lt=1)
+    #: Step between centres as a fraction of the SR width (0.5: half-width steps).
+    step: float = Field(default=0.5, gt=0, le=2)
+
+    @field_validator("range")
+    @classmethod
+    def _ordered(cls, v):
+        if v[0] > v[1]:
+            raise ValueError(f"low centre {v[0]} must not exceed high centre {v[1]}")
+        return v
+
+
 class RegionsConfig(_Strict):
-    signal_region: tuple[float, float] = (3300.0, 3700.0)
+    #: One signal region [low, high] in GeV; null: the blind scan of ``scan`` (the default).
+    signal_region: tuple[float, float] | None = None
     sideband_width: float | None = Field(default=None, gt=0)
+    #: Extra windows (centres, GeV) of the signal region's width, with ``signal_region`` set.
     scan_centers: list[float] = Field(default_factory=list)
+    scan: ScanConfig = Field(default_factory=ScanConfig)
 
     @field_validator("signal_region")
     @classmethod
     def _ordered(cls, v):
-        if v[0] >= v[1]:
+        if v is not None and v[0] >= v[1]:
             raise ValueError(f"low edge {v[0]} must be below high edge {v[1]}")
         return v
 
@@ -91,6 +116,12 @@ class StatsConfig(_Strict):
         if bad:
             raise ValueError(f"selection efficiencies must lie in (0, 1], got {bad}")
         return sorted(set(v), reverse=True)
+
+
+#: CATHODE's flow in the default scan: lighter than the flow of benchmarks/sensitivity.py
+#: (configs/benchmark.yaml) so that one flow per window stays affordable on a few cores.
+SCAN_FLOW = {"n_transforms": 3, "hidden": 48, "n_bins": 8, "epochs": 40, "batch_size": 4096, "lr": 0.003,
+             "patience": 6, "n_average": 3}
 
 
 class DetectorConfig(_Strict):
@@ -151,6 +182,8 @@ class Config(_Strict):
     detectors: dict[str, DetectorConfig] = Field(
         default_factory=lambda: {
             "cwola": DetectorConfig(params={"model": "hgb", "n_ensemble": 5}),
+            "cathode": DetectorConfig(params={"model": "hgb", "n_ensemble": 5, "oversampling": 4.0,
+                                              "flow_params": dict(SCAN_FLOW)}),
             "autoencoder": DetectorConfig(params={"hidden": [16], "latent": 2, "train_on": "sidebands"}),
         }
     )
@@ -172,10 +205,18 @@ class Config(_Strict):
         lo, hi = self.fit.range
         if lo >= hi:
             problems.append(f"fit.range: low edge {lo} must be below high edge {hi}")
-        width = self.regions.signal_region[1] - self.regions.signal_region[0]
-        for name, (a, b) in [("regions.signal_region", self.regions.signal_region)] + [
-            (f"regions.scan_centers={c:g}", (c - width / 2, c + width / 2)) for c in self.regions.scan_centers
-        ]:
+        regions = self.regions
+        if regions.signal_region is None:
+            if regions.scan_centers:
+                problems.append("regions.scan_centers: needs regions.signal_region (their width); "
+                                "or drop them and use regions.scan")
+            scan = regions.scan
+            windows = [("regions.scan.range", (scan.range[0] * (1 - scan.width / 2), scan.range[1] * (1 + scan.width / 2)))]
+        else:
+            width = regions.signal_region[1] - regions.signal_region[0]
+            windows = [("regions.signal_region", regions.signal_region)] + [
+                (f"regions.scan_centers={c:g}", (c - width / 2, c + width / 2)) for c in regions.scan_centers]
+        for name, (a, b) in windows:
             if a < lo or b > hi:
                 problems.append(f"{name}: window {a:g}-{b:g} GeV lies outside fit.range {lo:g}-{hi:g} GeV")
         if problems:

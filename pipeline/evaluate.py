@@ -24,7 +24,10 @@ from .records import EventTable, TestResult, WindowScores, WindowTests
 from .regions import Window
 from .table import read_table
 
-__all__ = ["evaluate_window", "node_seed"]
+__all__ = ["evaluate_window", "node_seed", "POOR_FIT_P"]
+
+#: Sideband fits with a chi2 p-value below this are flagged (table, verdict, results.json).
+POOR_FIT_P = 0.01
 
 
 def node_seed(*parts) -> int:
@@ -95,8 +98,14 @@ def _test(base: TestResult, edges, counts, sr_bins, *, fit: FitConfig, stats_cfg
         bkg = _background(edges, counts, sr_bins, fit)
         sig = discovery_and_limit(bkg.b if blind else n_obs, bkg.b, bkg.sigma, stats_cfg.cl)
     except (ValueError, np.linalg.LinAlgError) as exc:
-        return dataclasses.replace(base, status=f"fit failed: {exc}"), None
-    fields = dict(bkg.extra, n_expected_sr=bkg.b, n_expected_sr_unc=bkg.sigma, fit=bkg.fit_summary,
+        return dataclasses.replace(base, status=f"fit failed: {exc}", flags=("fit failed",)), None
+    flags = []
+    p_fit = bkg.fit_summary.get("p_value")
+    if p_fit is not None and np.isfinite(p_fit) and p_fit < POOR_FIT_P:
+        flags.append(f"fit p < {POOR_FIT_P:g} (chi2 {bkg.fit_summary['chi2']:.1f}/{bkg.fit_summary['ndf']})")
+    if not bkg.converged:
+        flags.append("fit not converged")
+    fields = dict(bkg.extra, flags=tuple(flags), n_expected_sr=bkg.b, n_expected_sr_unc=bkg.sigma, fit=bkg.fit_summary,
                   upper_limit_expected=sig.upper_limit_expected,
                   upper_limit_expected_band=getattr(sig, "upper_limit_expected_band", None),
                   status=sig.status if bkg.converged else "fit not converged")

@@ -138,6 +138,8 @@ class TestResult:
     status: str = "ok"
     n_signal_sr_truth: int | None = None
     gp: dict | None = None
+    #: Warnings a reader must see: "fit p < 0.01 (...)", "fit failed", "fit not converged", ...
+    flags: tuple[str, ...] = ()
 
     _paths: ClassVar[tuple[str, ...]] = ()
     __test__: ClassVar[bool] = False  # not a pytest test class

@@ -8,7 +8,7 @@ import numpy as np
 
 from .exceptions import RegionError
 
-__all__ = ["Window", "make_windows", "assign_folds", "check_window_counts"]
+__all__ = ["Window", "make_windows", "scan_windows", "search_windows", "assign_folds", "check_window_counts"]
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,13 @@ def make_windows(
     Sidebands reach ``sideband_width`` GeV on each side of the SR, clipped to the fit
     range, or (``None``) the whole fit range outside the SR.
     """
-    lo, hi = fit_range
     width = signal_region[1] - signal_region[0]
     srs = [tuple(signal_region)] + [(c - width / 2, c + width / 2) for c in scan_centers]
+    return _windows(srs, fit_range, sideband_width)
+
+
+def _windows(srs, fit_range, sideband_width) -> list[Window]:
+    lo, hi = fit_range
     windows: list[Window] = []
     for sr_lo, sr_hi in srs:
         if sr_lo < lo or sr_hi > hi:
@@ -79,6 +83,28 @@ def make_windows(
         if w not in windows:
             windows.append(w)
     return windows
+
+
+def scan_windows(centre_range: tuple[float, float], width: float, step: float, fit_range: tuple[float, float],
+                 sideband_width: float | None = None) -> list[Window]:
+    """Sliding windows whose SR width is ``width`` x the centre, centres ``step`` SR widths apart.
+
+    Centres run from ``centre_range[0]`` up to ``centre_range[1]`` (the last one included when
+    the steps land within 1 GeV of it); SR edges are rounded to 10 GeV.
+    """
+    centres = [float(centre_range[0])]
+    while centres[-1] * (1 + step * width) <= centre_range[1] + 1.0:
+        centres.append(centres[-1] * (1 + step * width))
+    srs = [(10 * round(c * (1 - width / 2) / 10), 10 * round(c * (1 + width / 2) / 10)) for c in centres]
+    return _windows(srs, fit_range, sideband_width)
+
+
+def search_windows(regions, fit_range: tuple[float, float]) -> list[Window]:
+    """The windows a search config asks for: one signal region (plus ``scan_centers``), or the scan."""
+    if regions.signal_region is not None:
+        return make_windows(regions.signal_region, fit_range, regions.sideband_width, regions.scan_centers)
+    s = regions.scan
+    return scan_windows(s.range, s.width, s.step, fit_range, regions.sideband_width)
 
 
 def check_window_counts(window: Window, m: np.ndarray, n_folds: int, source: str = "data") -> None:

@@ -31,8 +31,12 @@ def write_run(outputs: list[WindowTests], table: EventTable, *, meta: dict, out_
     rows = [r.to_dict() for o in outputs for r in o.rows]
     lee = None
     if not meta.get("blinded", True):
-        lee = global_significance([r for r in rows if r["detector"] not in ceilings], int(stats.global_toys),
-                                  seed=int(meta.get("seed") or 0))
+        trials = [r for r in rows if r["detector"] not in ceilings]
+        lee = global_significance(trials, int(stats.global_toys), seed=int(meta.get("seed") or 0))
+        excluded = [r for r in trials if r["z_local"] is None or r["n_expected_sr"] is None]
+        for r in excluded:  # a failed test is not a trial of the maximum, and says so
+            r["flags"] = [*r["flags"], "not in the look-elsewhere maximum (no background prediction)"]
+        lee["excluded"] = [f"{r['detector']} {r['selection']:g} {r['window']}: {r['status']}" for r in excluded]
     shown = [{"rows": [r.to_dict() for r in o.rows], "spectra": list(o.spectra)} for o in outputs]
     plots = plot_spectra(shown, out / "plots")
     metrics = [o.metrics | {"ceiling": o.metrics["detector"] in ceilings} for o in outputs if o.metrics]

@@ -44,6 +44,7 @@ def fast_config():
         raw = {
             "seed": 3,
             "data": {"path": str(data_path)},
+            "regions": {"signal_region": [3300, 3700]},  # one window (the default is the scan)
             "stats": {"selections": [0.1, 0.02]},
             "detectors": {"cwola": {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 30}}}},
             "compute": {"scheduler": "synchronous"},

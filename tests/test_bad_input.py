@@ -8,7 +8,7 @@ from sideband.pipeline.features import jets_to_lhco_frame
 from tests.conftest import lhco_jets
 from sideband.workflows.cli import main
 
-FAST = {"seed": 1, "stats": {"selections": [0.1]},
+FAST = {"seed": 1, "stats": {"selections": [0.1]}, "regions": {"signal_region": [3300, 3700]},
         "detectors": {"cwola": {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 10}}}},
         "compute": {"scheduler": "synchronous"}}
 

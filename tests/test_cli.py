@@ -10,7 +10,7 @@ from sideband.workflows.cli import main
 def fast_yaml(tmp_path):
     path = tmp_path / "fast.yaml"
     path.write_text(yaml.safe_dump({
-        "seed": 1, "stats": {"selections": [0.1]},
+        "seed": 1, "stats": {"selections": [0.1]}, "regions": {"signal_region": [3300, 3700]},
         "detectors": {"cwola": {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 20}}}},
     }))
     return path

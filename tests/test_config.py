@@ -7,8 +7,33 @@ from sideband.pipeline.exceptions import ConfigError
 def test_default_config_file_equals_builtin_defaults():
     assert load_config(DEFAULT_CONFIG) == config_from_dict({})
     cfg = load_config()
-    assert cfg.regions.signal_region == (3300.0, 3700.0)
-    assert list(cfg.enabled_detectors()) == ["cwola", "autoencoder"]
+    assert cfg.regions.signal_region is None  # the blind scan
+    assert list(cfg.enabled_detectors()) == ["cwola", "cathode", "autoencoder"]
+
+
+def test_default_is_a_blind_scan_over_the_spectrum_and_one_window_is_one_line():
+    from sideband.pipeline.regions import search_windows
+
+    cfg = load_config()
+    windows = search_windows(cfg.regions, cfg.fit.range)
+    assert len(windows) >= 8
+    centres = [w.center for w in windows]
+    assert centres[0] <= 3200 and centres[-1] >= 4700
+    for a, b in zip(windows, windows[1:]):
+        assert a.sr_lo < b.sr_lo < a.sr_hi < b.sr_hi  # overlapping, half-width steps
+        assert 0.10 < (a.sr_hi - a.sr_lo) / a.center < 0.14
+    one = config_from_dict({"regions": {"signal_region": [3300, 3700]}})
+    assert [w.name for w in search_windows(one.regions, one.fit.range)] == ["3300-3700"]
+
+
+def test_the_demo_config_is_a_lighter_scan():
+    from sideband.pipeline.config import DEMO_CONFIG
+    from sideband.pipeline.regions import search_windows
+
+    demo = load_config(DEMO_CONFIG)
+    assert 3 <= len(search_windows(demo.regions, demo.fit.range)) < len(search_windows(load_config().regions,
+                                                                                     (2800.0, 6000.0)))
+    assert set(demo.enabled_detectors()) == {"cwola", "cathode", "autoencoder"}
 
 
 def test_unknown_key_and_wrong_type_are_listed():
@@ -23,7 +48,11 @@ def test_semantic_checks():
     with pytest.raises(ConfigError, match=r"features: unknown feature\(s\) \['tau21'\]"):
         config_from_dict({"features": ["mj1", "tau21"]})
     with pytest.raises(ConfigError, match="outside fit.range"):
-        config_from_dict({"regions": {"scan_centers": [6200]}})
+        config_from_dict({"regions": {"signal_region": [3300, 3700], "scan_centers": [6200]}})
+    with pytest.raises(ConfigError, match="scan_centers: needs regions.signal_region"):
+        config_from_dict({"regions": {"scan_centers": [3100]}})
+    with pytest.raises(ConfigError, match="regions.scan.range.*outside fit.range"):
+        config_from_dict({"regions": {"scan": {"range": [3000, 5900]}}})
     with pytest.raises(ConfigError, match="folds"):
         config_from_dict({"detectors": {"cwola": {"folds": 1}}})
     with pytest.raises(ConfigError, match=r"selection efficiencies must lie in \(0, 1\]"):

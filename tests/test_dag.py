@@ -15,6 +15,7 @@ def searched(tmp_path_factory, small_h5):
 
     cfg = config_from_dict({
         "seed": 3, "data": {"path": str(small_h5)}, "stats": {"selections": [0.1, 0.02]},
+        "regions": {"signal_region": [3300, 3700]},
         "detectors": {"cwola": {"folds": 3, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 30}}}},
         "compute": {"scheduler": "synchronous"},
     })
@@ -105,7 +106,7 @@ def test_dask_local_cluster_gives_same_results(searched, tmp_path):
 
 
 def test_graph_has_one_training_node_per_window_detector_fold(small_h5, fast_config, tmp_path):
-    cfg = fast_config(small_h5, regions={"scan_centers": [3100, 3900]})
+    cfg = fast_config(small_h5, regions={"signal_region": [3300, 3700], "scan_centers": [3100, 3900]})
     graph, windows = build_search_graph(cfg, tmp_path)
     kinds = [n.kind for n in graph.nodes.values()]
     assert len(windows) == 3

@@ -7,7 +7,7 @@ import yaml
 
 from sideband.workflows.cli import main
 
-TINY = {"seed": 1, "stats": {"selections": [0.1, 0.02]},
+TINY = {"seed": 1, "stats": {"selections": [0.1, 0.02]}, "regions": {"signal_region": [3300, 3700]},
         "detectors": {"cwola": {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 30}}},
                       "supervised": {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 30}}}},
         "compute": {"scheduler": "synchronous"}}

@@ -15,7 +15,7 @@ import yaml
 from sideband.workflows.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOWISH = {"seed": 5, "stats": {"selections": [0.1, 0.02]},
+SLOWISH = {"seed": 5, "stats": {"selections": [0.1, 0.02]}, "regions": {"signal_region": [3300, 3700]},
            "detectors": {"cwola": {"folds": 4, "params": {"n_ensemble": 2, "hgb_params": {"max_iter": 60,
                                                                                         "early_stopping": False}}}}}
 
@@ -121,7 +121,8 @@ def test_interrupt_stops_quietly_and_the_rerun_recomputes_nothing_finished(tmp_p
 def test_a_moved_run_exports_from_another_directory(tmp_path, small_h5, monkeypatch):
     """Run directories are self-contained: move one, export its trigger model from elsewhere."""
     cfg = tmp_path / "ae.yaml"
-    cfg.write_text(yaml.safe_dump({"seed": 2, "stats": {"selections": [0.1]}, "detectors": {"autoencoder": {
+    cfg.write_text(yaml.safe_dump({"seed": 2, "stats": {"selections": [0.1]}, "regions": {"signal_region": [3300, 3700]},
+                                   "detectors": {"autoencoder": {
         "folds": 2, "params": {"hidden": [8], "latent": 2, "epochs": 3}}}}))
     work = tmp_path / "made-here"
     work.mkdir()

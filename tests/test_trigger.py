@@ -7,7 +7,7 @@ import yaml
 
 from sideband.workflows.cli import main
 
-AE_ONLY = {"seed": 2, "stats": {"selections": [0.1]},
+AE_ONLY = {"seed": 2, "stats": {"selections": [0.1]}, "regions": {"signal_region": [3300, 3700]},
            "detectors": {"autoencoder": {"folds": 2, "params": {"hidden": [8], "latent": 2, "epochs": 10}}},
            "compute": {"scheduler": "synchronous"}}
 

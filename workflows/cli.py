@@ -149,7 +149,16 @@ def _cmd_search(args) -> int:
     from sideband.workflows.configure import load_config
     from sideband.workflows.search import run_search
 
-    cfg = load_config(args.config, _overrides(args))
+    config = args.config
+    if config is None and args.data is None:
+        from sideband.pipeline.config import DEMO_CONFIG
+
+        if DEMO_CONFIG.exists():
+            config = DEMO_CONFIG
+            if not args.no_progress:
+                print(f"no --data: the shipped demo dataset, with the lighter scan of {DEMO_CONFIG.name}",
+                      file=sys.stderr)
+    cfg = load_config(config, _overrides(args))
     results = run_search(cfg, args.out, progress=_progress(args), unblind=args.unblind)
     print(format_table(results["results"]))
     if results["blinded"]:

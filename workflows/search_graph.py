@@ -17,7 +17,7 @@ from sideband.pipeline.config import ComputeConfig, Config
 from sideband.pipeline.evaluate import evaluate_window
 from sideband.pipeline.exceptions import ConfigError
 from sideband.pipeline.graph import Graph, Node, Ref
-from sideband.pipeline.regions import Window, make_windows
+from sideband.pipeline.regions import Window, search_windows
 from sideband.pipeline.scores import merge_folds
 from sideband.pipeline.summary import write_run
 from sideband.pipeline.table import data_identity, load_table
@@ -98,8 +98,7 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
     out_dir = Path(out_dir)
     cache = Path(cache_dir) if cache_dir else out_dir / "cache"
     data_id = data_identity(cfg.data)
-    windows = make_windows(cfg.regions.signal_region, cfg.fit.range, cfg.regions.sideband_width,
-                           cfg.regions.scan_centers)
+    windows = search_windows(cfg.regions, cfg.fit.range)
     device = decide_device(cfg.compute)
     g = Graph()
     srs = [(w.sr_lo, w.sr_hi) for w in windows]
