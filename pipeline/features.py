@@ -61,6 +61,9 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / den, np.nan)
 
 
+# NaN/inf inputs (counted, named and dropped by the reader) give NaN/inf outputs silently:
+# inf - inf, inf**2 and float32 overflow would otherwise warn once per chunk.
+@np.errstate(invalid="ignore", over="ignore", divide="ignore")
 def events_from_jets(
     jets: dict[str, np.ndarray], label: np.ndarray | None = None
 ) -> pd.DataFrame:
@@ -68,7 +71,8 @@ def events_from_jets(
 
     ``jets`` maps the LHCO column names (``pxj1`` ... ``tau3j2``) to arrays. The jets
     are re-ordered by mass so that ``j1`` is the lighter one; ``delta_mj = mj2 - mj1``.
-    Non-finite ratios (e.g. ``tau1 = 0``) become NaN and are dropped by the reader.
+    Non-finite ratios (e.g. ``tau1 = 0``) and non-finite inputs become NaN/inf without a
+    warning; the reader counts the affected events and drops them.
     """
     j = {k: np.asarray(v, dtype=np.float64) for k, v in jets.items()}
     e = {}

@@ -15,7 +15,8 @@ Supported inputs (``fmt``):
 
 Files are read in chunks of ``chunk_size`` events, so a large file never sits in
 memory twice; the canonical table is cached as Parquet under a key made from the
-file's content hash (:func:`load_events`).
+file's content hash (:func:`load_events`). The format readers and their column checks are in
+:mod:`.readers`.
 """
 
 from __future__ import annotations
@@ -31,15 +32,16 @@ import pandas as pd
 
 from .cache import atomic_path, cache_key, file_hash
 from .exceptions import InputFileError
-from .features import CANONICAL_COLUMNS, LHCO_FEATURE_COLUMNS, cluster_particles, events_from_jets
+from .features import CANONICAL_COLUMNS, LHCO_FEATURE_COLUMNS
+from .readers import _ColumnStats, _features_chunks, _H5Frame, _missing_columns_message, _raw_chunks, _root_chunks
 
 __all__ = ["EventSource", "detect_format", "iter_events", "read_events", "load_events", "FORMATS"]
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "lhco-features", "lhco-raw", "root")
-READER_VERSION = 1
-PARTICLE_BRANCHES = (("part_pt", "part_eta", "part_phi"), ("pt", "eta", "phi"))
+#: Bumped when the reader accepts or rejects different files, so stale caches are not reused.
+READER_VERSION = 2
 #: A median mjj above this (GeV) means the file is almost surely in MeV.
 MEV_SUSPICION_GEV = 50_000.0
 
@@ -75,106 +77,29 @@ def _check_exists(path: Path) -> None:
     if not path.exists():
         raise InputFileError(f"{path}: no such file; check the path (e.g. the --data argument)")
     if path.is_dir():
-        raise InputFileError(f"{path}: is a directory, expected an HDF5 or ROOT file")
+        raise InputFileError(f"{path}: is a directory, expected an HDF5 or ROOT file; pass the file inside it")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path}: is empty (0 bytes); the copy or download did not finish, re-create it")
 
-
-def _open_h5(path: Path):
-    import h5py
-
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise InputFileError(
-            f"{path}: not a readable HDF5 file ({exc.__class__.__name__}: {exc}); the file is "
-            "corrupt or truncated, re-create or re-download it"
-        ) from None
-
-
-class _H5Frame:
-    """Chunked row access to a pandas HDF5 frame (fixed or table format)."""
-
-    def __init__(self, path: Path, key: str):
-        self.path, self.key = path, key
-        h5 = _open_h5(path)
-        try:
-            if key not in h5:
-                keys = sorted(h5.keys())
-                raise InputFileError(
-                    f"{path}: no key '{key}' in the HDF5 file (keys present: {keys}); "
-                    "set data.key in the config to the right one"
-                )
-            group = h5[key]
-            self.table = "table" in group
-            if self.table:
-                self.columns = None
-                self.n_rows = int(group["table"].shape[0])
-            else:
-                nblocks = int(group.attrs.get("nblocks", 0)) or sum(
-                    1 for k in group if k.startswith("block") and k.endswith("_values")
-                )
-                if nblocks == 0:
-                    raise InputFileError(
-                        f"{path}: key '{key}' is not a pandas DataFrame; write it with "
-                        "DataFrame.to_hdf(path, key='df')"
-                    )
-                self.blocks = []
-                cols: list = []
-                for b in range(nblocks):
-                    items = [_decode(x) for x in group[f"block{b}_items"][:]]
-                    self.blocks.append((f"{key}/block{b}_values", items))
-                    cols.extend(items)
-                self.columns = cols
-                self.n_rows = int(group["block0_values"].shape[0])
-        except (KeyError, OSError) as exc:
-            raise InputFileError(
-                f"{path}: HDF5 structure under '{key}' is damaged ({exc}); re-create the file"
-            ) from None
-        finally:
-            h5.close()
-        if self.table:
-            try:
-                self.columns = list(pd.read_hdf(path, key, start=0, stop=1).columns)
-            except Exception as exc:  # pytables raises many types
-                raise InputFileError(f"{path}: cannot read table '{key}' ({exc})") from None
-
-    def read(self, start: int, stop: int) -> pd.DataFrame:
-        try:
-            if self.table:
-                return pd.read_hdf(self.path, self.key, start=start, stop=stop)
-            h5 = _open_h5(self.path)
-            with h5:
-                parts = {}
-                for name, items in self.blocks:
-                    values = h5[name][start:stop]
-                    for i, col in enumerate(items):
-                        parts[col] = values[:, i]
-            return pd.DataFrame(parts, columns=self.columns)
-        except InputFileError:
-            raise
-        except Exception as exc:
-            raise InputFileError(
-                f"{self.path}: reading rows {start}-{stop} failed ({exc.__class__.__name__}: "
-                f"{exc}); the file is probably truncated, re-create it"
-            ) from None
-
-
-def _decode(x) -> object:
-    if isinstance(x, bytes):
-        return x.decode()
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+def _signature(path: Path) -> str | None:
+    """"root" or "hdf5" from the file's first bytes; None for anything else."""
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic.startswith(b"root"):
+        return "root"
+    if magic == b"\x89HDF\r\n\x1a\n":
+        return "hdf5"
+    return None
 
 
 def detect_format(path: str | os.PathLike, key: str = "df") -> str:
     """Guess the layout of ``path`` from its extension and columns."""
     path = Path(path)
     _check_exists(path)
-    with open(path, "rb") as f:
-        magic = f.read(8)
-    if magic.startswith(b"root"):
+    kind = _signature(path)
+    if kind == "root":
         return "root"
-    if magic != b"\x89HDF\r\n\x1a\n":
+    if kind is None:
         raise InputFileError(
             f"{path}: neither HDF5 nor ROOT (unrecognised file signature); sideband reads "
             "LHC Olympics HDF5 files and ROOT TTrees"
@@ -188,98 +113,6 @@ def detect_format(path: str | os.PathLike, key: str = "df") -> str:
     raise InputFileError(_missing_columns_message(path, names))
 
 
-def _missing_columns_message(path: Path, names) -> str:
-    import difflib
-
-    names = [str(n) for n in names]
-    missing = [c for c in LHCO_FEATURE_COLUMNS if c not in names]
-    spare = [n for n in names if n not in LHCO_FEATURE_COLUMNS and n != "label"]
-    hints = []
-    for c in missing:
-        close = [n for n in spare if n.lower() == c.lower()] or difflib.get_close_matches(c, spare, n=1, cutoff=0.6)
-        if close:
-            hints.append(f"'{close[0]}' -> '{c}'")
-    hint = f"; rename {', '.join(hints)}" if hints else "; rename the columns or convert the file"
-    return (f"{path}: missing columns {missing} for the LHC Olympics feature layout "
-            f"(found {names[:20]}){hint}")
-
-
-def _label_from(frame: pd.DataFrame) -> np.ndarray | None:
-    return frame["label"].to_numpy() if "label" in frame.columns else None
-
-
-def _features_chunks(path: Path, key: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame, int]]:
-    frame = _H5Frame(path, key)
-    names = [str(c) for c in frame.columns]
-    if any(c not in names for c in LHCO_FEATURE_COLUMNS):
-        raise InputFileError(_missing_columns_message(path, names))
-    for start in range(0, frame.n_rows, chunk_size):
-        df = frame.read(start, min(start + chunk_size, frame.n_rows))
-        df.columns = [str(c) for c in df.columns]
-        yield events_from_jets({c: df[c].to_numpy() for c in LHCO_FEATURE_COLUMNS}, _label_from(df)), 0
-
-
-def _raw_chunks(path: Path, key: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame, int]]:
-    frame = _H5Frame(path, key)
-    ncol = len(frame.columns)
-    if ncol % 3 not in (0, 1):
-        raise InputFileError(
-            f"{path}: {ncol} columns cannot be (pT, eta, phi) triplets plus an optional "
-            "label; expected the LHC Olympics raw layout (2100 or 2101 columns)"
-        )
-    has_label = ncol % 3 == 1
-    npart = (ncol - has_label) // 3
-    for start in range(0, frame.n_rows, chunk_size):
-        values = frame.read(start, min(start + chunk_size, frame.n_rows)).to_numpy()
-        trip = values[:, : 3 * npart].reshape(len(values), npart, 3)
-        label = values[:, -1] if has_label else None
-        yield _particles_to_events(trip[..., 0], trip[..., 1], trip[..., 2], label)
-
-
-def _particles_to_events(pt, eta, phi, label) -> tuple[pd.DataFrame, int]:
-    jets, keep = cluster_particles(pt, eta, phi)
-    lab = None if label is None else np.asarray(label)[keep]
-    return events_from_jets(jets, lab), int((~keep).sum())
-
-
-def _root_chunks(path: Path, tree: str | None, chunk_size: int) -> Iterator[tuple[pd.DataFrame, int]]:
-    import uproot
-
-    try:
-        f = uproot.open(path)
-    except Exception as exc:
-        raise InputFileError(
-            f"{path}: not a readable ROOT file ({exc.__class__.__name__}: {exc}); re-create it"
-        ) from None
-    with f:
-        trees = [k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "ROOT::RNTuple")]
-        name = tree or (trees[0] if len(trees) == 1 else None)
-        if name is None or name not in trees:
-            raise InputFileError(
-                f"{path}: no TTree '{tree}' (trees present: {sorted(set(trees))}); set "
-                "data.tree in the config to one of them"
-            )
-        t = f[name]
-        branches = set(t.keys())
-        if set(LHCO_FEATURE_COLUMNS) <= branches:
-            cols = LHCO_FEATURE_COLUMNS + (["label"] if "label" in branches else [])
-            for arrays in t.iterate(cols, step_size=chunk_size, library="np"):
-                jets = {c: arrays[c] for c in LHCO_FEATURE_COLUMNS}
-                yield events_from_jets(jets, arrays.get("label")), 0
-            return
-        for names in PARTICLE_BRANCHES:
-            if set(names) <= branches:
-                cols = list(names) + (["label"] if "label" in branches else [])
-                for arrays in t.iterate(cols, step_size=chunk_size, library="ak"):
-                    label = arrays["label"].to_numpy() if "label" in cols else None
-                    yield _particles_to_events(*(arrays[n] for n in names), label)
-                return
-        raise InputFileError(
-            f"{path}: tree '{name}' has neither the LHCO jet branches ({LHCO_FEATURE_COLUMNS[:4]} "
-            f"...) nor particle branches {PARTICLE_BRANCHES[0]}; found {sorted(branches)[:20]}"
-        )
-
-
 def iter_events(
     path: str | os.PathLike,
     fmt: str = "auto",
@@ -289,19 +122,30 @@ def iter_events(
     chunk_size: int = 100_000,
 ) -> Iterator[tuple[pd.DataFrame, int]]:
     """Yield (canonical table chunk, events without two jets) for ``path``."""
-    path = Path(path)
+    yield from _iter_events(Path(path), fmt, key, tree, chunk_size, _ColumnStats(Path(path)))
+
+
+def _iter_events(path: Path, fmt: str, key: str, tree: str | None, chunk_size: int,
+                 stats: _ColumnStats) -> Iterator[tuple[pd.DataFrame, int]]:
     _check_exists(path)
     if fmt not in FORMATS:
         raise InputFileError(f"{path}: unknown format '{fmt}'; choose one of {FORMATS}")
     if fmt == "auto":
         fmt = detect_format(path, key)
+    else:
+        kind = _signature(path)
+        if kind is not None and (kind == "root") != (fmt == "root"):
+            raise InputFileError(
+                f"{path}: is {'a ROOT' if kind == 'root' else 'an HDF5'} file but the format is set to "
+                f"'{fmt}'; set data.format to 'auto' (or to the file's layout)"
+            )
     if fmt == "lhco-features":
-        yield from _features_chunks(path, key, chunk_size)
+        yield from _features_chunks(path, key, chunk_size, stats)
     elif fmt == "lhco-raw":
         yield from _raw_chunks(path, key, chunk_size)
     else:
         try:
-            yield from _root_chunks(path, tree, chunk_size)
+            yield from _root_chunks(path, tree, chunk_size, stats)
         except InputFileError:
             raise
         except Exception as exc:  # uproot raises OSError, ValueError, DeserializationError ...
@@ -312,9 +156,19 @@ def iter_events(
             ) from None
 
 
-def _validate(path: Path, events: pd.DataFrame) -> None:
+def _validate(path: Path, events: pd.DataFrame, n_read: int, n_no_dijet: int, n_nonfinite: int) -> None:
     if len(events) == 0:
-        raise InputFileError(f"{path}: holds no events with two jets; check the file")
+        if n_read == 0:
+            raise InputFileError(f"{path}: holds no events (0 rows); write the events into the file")
+        if n_no_dijet == n_read:
+            raise InputFileError(
+                f"{path}: none of its {n_read} events has two jets (anti-kT R=1.0, pT > 20 GeV, "
+                "|eta| < 2.5); check the particle columns (pT, eta, phi in GeV)"
+            )
+        raise InputFileError(
+            f"{path}: no event left: {n_nonfinite} of {n_read} have NaN/inf features and "
+            f"{n_no_dijet} fewer than two jets; fix the columns named in the warnings"
+        )
     mjj = events["mjj"].to_numpy()
     med = float(np.nanmedian(mjj))
     if med > MEV_SUSPICION_GEV:
@@ -322,11 +176,12 @@ def _validate(path: Path, events: pd.DataFrame) -> None:
             f"{path}: median mjj is {med:.3g}, which looks like MeV; sideband expects GeV: "
             "divide momenta and masses by 1000"
         )
-    neg = int(np.sum(events[["mj1", "mj2"]].to_numpy() < -1.0))
+    masses = events[["mj1", "mj2"]].to_numpy()
+    neg = int(np.sum(masses < -1.0))
     if neg:
         raise InputFileError(
-            f"{path}: {neg} negative jet masses (below -1 GeV); the columns are probably "
-            "swapped or corrupt, check pxj*/mj* in the file"
+            f"{path}: {neg} negative jet masses (below -1 GeV, smallest {masses.min():.4g}); the "
+            "columns are probably swapped or corrupt, check pxj*/mj* in the file"
         )
 
 
@@ -342,27 +197,37 @@ def read_events(
     """Read a whole file into the canonical table (no caching).
 
     Events with non-finite features (e.g. ``tau1 = 0``) are dropped with one warning
-    that counts them; with ``strict=True`` they raise :class:`InputFileError` instead.
+    that counts them and names the columns; with ``strict=True`` they raise
+    :class:`InputFileError` instead. A feature column that holds no numbers, only NaN/inf,
+    or one value throughout is an :class:`InputFileError` naming the column.
     """
     path = Path(path)
     resolved = detect_format(path, key) if fmt == "auto" else fmt
+    stats = _ColumnStats(path)
     chunks, n_no_dijet, n_read = [], 0, 0
-    for chunk, dropped in iter_events(path, resolved, key=key, tree=tree, chunk_size=chunk_size):
+    for chunk, dropped in _iter_events(path, resolved, key, tree, chunk_size, stats):
         chunks.append(chunk)
         n_no_dijet += dropped
         n_read += len(chunk) + dropped
+    stats.check()
     events = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=CANONICAL_COLUMNS)
-    finite = np.isfinite(events[CANONICAL_COLUMNS].to_numpy()).all(axis=1)
+    values = events[CANONICAL_COLUMNS].to_numpy(dtype=np.float64)
+    finite = np.isfinite(values).all(axis=1)
     n_bad = int((~finite).sum())
     if n_bad:
-        msg = f"{path}: {n_bad} of {len(events)} events have NaN/inf features"
+        where = stats.nonfinite()
+        if not where:  # undefined ratios (e.g. tau1 = 0), not NaN/inf in the file
+            bad_cols = (~np.isfinite(values)).sum(axis=0)
+            where = "computed " + ", ".join(f"{c}: {n}" for c, n in zip(CANONICAL_COLUMNS, bad_cols) if n) \
+                + "; e.g. tau1 = 0 leaves tau21 undefined"
+        msg = f"{path}: {n_bad} of {len(events)} events have NaN/inf features ({where})"
         if strict:
             raise InputFileError(msg + "; fix the file or run without --strict to drop them")
         log.warning("%s; dropped them", msg)
         events = events[finite].reset_index(drop=True)
     if n_no_dijet:
         log.warning("%s: %d events have fewer than two jets; dropped them", path, n_no_dijet)
-    _validate(path, events)
+    _validate(path, events, n_read, n_no_dijet, n_bad)
     source = EventSource(
         path=str(path),
         fmt=resolved,

@@ -164,3 +164,120 @@ def test_raw_particles_reproduce_feature_file():
     assert src.fmt == "lhco-raw" and src.n_no_dijet == 0
     n = 1000
     pd.testing.assert_frame_equal(events.iloc[:n], expect.iloc[:n], rtol=1e-5)
+
+
+# ---- diagnoses that name the column, the problem and the file ------------------------------
+
+def _frame(n=200, seed=0):
+    return jets_to_lhco_frame(lhco_jets(n, seed))
+
+
+@pytest.mark.parametrize("fmt", ["fixed", "table"])
+def test_string_feature_column_is_named_not_called_truncated(tmp_path, fmt):
+    path = tmp_path / "s.h5"
+    frame = _frame()
+    frame["tau2j1"] = frame["tau2j1"].astype(str)
+    frame.to_hdf(path, key="df", mode="w", format=fmt)
+    with pytest.raises(InputFileError, match=r"s\.h5: column 'tau2j1' holds strings, not numbers.*to_numeric") as exc:
+        read_events(path)
+    assert "truncated" not in str(exc.value)
+
+
+def test_unused_string_column_is_ignored_and_all_rows_are_read(tmp_path):
+    # a string block stored before the numbers used to cut the frame to one row
+    path = tmp_path / "extra.h5"
+    frame = _frame(300)
+    frame.insert(0, "run_tag", "2018B")
+    frame.to_hdf(path, key="df", mode="w")
+    events, src = read_events(path, chunk_size=64)
+    assert len(events) == 300 and src.n_read == 300
+
+
+@pytest.mark.parametrize(("value", "words"), [(np.nan, "is NaN in all 200 events"), (np.inf, "is inf in all 200")])
+def test_all_nonfinite_column_is_named(tmp_path, value, words):
+    path = tmp_path / "nan.h5"
+    _frame().assign(tau3j2=value).to_hdf(path, key="df", mode="w")
+    with pytest.raises(InputFileError, match=rf"nan\.h5: column 'tau3j2' {words}.*re-create") as exc:
+        read_events(path)
+    assert "two jets" not in str(exc.value)
+
+
+def test_constant_column_is_named(tmp_path):
+    path = tmp_path / "const.h5"
+    _frame().assign(mj2=80.0).to_hdf(path, key="df", mode="w")
+    with pytest.raises(InputFileError, match=r"const\.h5: column 'mj2' has the same value \(80\) in all 200 events"):
+        read_events(path)
+
+
+def test_constant_label_is_fine(tmp_path):
+    path = tmp_path / "sig.h5"
+    jets_to_lhco_frame(lhco_jets(50), np.ones(50)).to_hdf(path, key="df", mode="w")
+    events, _ = read_events(path)
+    assert (events["label"] == 1).all()
+
+
+def test_nonfinite_warning_and_strict_error_name_the_columns(tmp_path, caplog):
+    path = tmp_path / "inf.h5"
+    frame = _frame(100)
+    frame.loc[:3, "pxj1"] = np.inf
+    frame.loc[10, "tau2j2"] = np.nan
+    frame.to_hdf(path, key="df", mode="w")
+    with caplog.at_level(logging.WARNING):
+        events, src = read_events(path)
+    assert len(events) == 95 and src.n_nonfinite == 5
+    assert "5 of 100 events have NaN/inf features (pxj1: 4 inf, tau2j2: 1 NaN)" in caplog.text
+    with pytest.raises(InputFileError, match=r"pxj1: 4 inf, tau2j2: 1 NaN\).*without --strict"):
+        read_events(path, strict=True)
+
+
+def test_undefined_ratios_are_named_by_the_derived_column(tmp_path):
+    path = tmp_path / "tau.h5"
+    frame = _frame(100)
+    frame.loc[[3, 7], "tau1j1"] = 0.0
+    frame.loc[[3, 7], "mj1"] = 1.0  # jet 1 stays the lighter one
+    frame.to_hdf(path, key="df", mode="w")
+    with pytest.raises(InputFileError, match=r"2 of 100 events .*tau21_j1: 2.*tau1 = 0"):
+        read_events(path, strict=True)
+
+
+def test_empty_inputs(tmp_path):
+    (tmp_path / "zero.h5").write_bytes(b"")
+    with pytest.raises(InputFileError, match=r"zero\.h5: is empty \(0 bytes\)"):
+        read_events(tmp_path / "zero.h5")
+    _frame().iloc[:0].to_hdf(tmp_path / "rows.h5", key="df", mode="w")
+    with pytest.raises(InputFileError, match=r"rows\.h5: holds no events \(0 rows\)"):
+        read_events(tmp_path / "rows.h5")
+    with pytest.raises(InputFileError, match="is a directory"):
+        load_events(tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_plain_hdf5_dataset_and_format_mismatch(tmp_path):
+    import h5py
+
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f["df"] = np.zeros((5, 14))
+    with pytest.raises(InputFileError, match="key 'df' is a plain HDF5 dataset.*to_hdf"):
+        read_events(path)
+    good = tmp_path / "good.h5"
+    _frame().to_hdf(good, key="df", mode="w")
+    with pytest.raises(InputFileError, match="is an HDF5 file but the format is set to 'root'.*data.format"):
+        read_events(good, "root")
+
+
+def test_root_jagged_branch_and_several_trees(tmp_path):
+    uproot = pytest.importorskip("uproot")
+    import awkward as ak
+
+    jets = lhco_jets(30)
+    jets["mj1"] = ak.Array([[m] * (1 + i % 2) for i, m in enumerate(jets["mj1"])])
+    with uproot.recreate(tmp_path / "j.root") as f:
+        f["events"] = jets
+    with pytest.raises(InputFileError, match="column 'mj1' holds variable-length arrays.*one number per event"):
+        read_events(tmp_path / "j.root")
+    with uproot.recreate(tmp_path / "two.root") as f:
+        f["a"] = lhco_jets(5)
+        f["b"] = lhco_jets(5)
+    with pytest.raises(InputFileError, match=r"holds several trees \['a', 'b'\]; set data.tree"):
+        read_events(tmp_path / "two.root")
+    assert len(read_events(tmp_path / "two.root", tree="b")[0]) == 5

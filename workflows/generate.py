@@ -215,6 +215,8 @@ def generate(process: str, n_events: int, out_dir: str | Path, *, seed: int = 10
     """Generate a sample (or the demo mixture); returns the metadata of each written sample."""
     if n_events <= 0:
         raise SidebandUserError(f"--events {n_events}: must be positive")
+    if chunk_size <= 0:
+        raise SidebandUserError(f"--chunk-size {chunk_size}: must be positive")
     out = Path(out_dir)
     try:
         (out / "chunks").mkdir(parents=True, exist_ok=True)

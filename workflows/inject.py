@@ -112,6 +112,8 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
     out = check_output_dir(Path(out_dir))
     inj = cfg.injection
     counts = sorted(set(counts if counts is not None else inj.counts))
+    if bad := [c for c in counts if c < 0]:
+        raise SidebandUserError(f"--counts {','.join(map(str, bad))}: injected counts must be >= 0")
     n_seeds = seeds or inj.seeds
     signals = signals or inj.signals
     if not signals:
