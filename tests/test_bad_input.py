@@ -376,10 +376,7 @@ CASES = [
      ["--chunk-size 0", "must be positive"]),
 ]
 
-XFAIL = {
-    "fit-spectrum-csv-is-a-directory": "needs an is-a-directory check (InputFileError naming the path and --csv) "
-                                       "in workflows/fit_spectrum.py:read_spectrum_csv",
-}
+XFAIL: dict[str, str] = {}  # cases that need a change elsewhere (id -> what and where); none open
 
 
 def _params():

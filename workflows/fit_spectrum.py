@@ -1,13 +1,17 @@
 """Fit any binned mjj spectrum with the GP and the dijet functions (sideband fit-spectrum).
 
-Input: a CSV with columns ``low,high,count`` (bin edges in GeV) or ``center,width,count``.
+Input: a CSV with columns ``low,high,count`` (bin edges in GeV) or ``center,width,count``,
+rows in increasing mass, bins contiguous, counts >= 0, at least 6 bins.
 Output: ``fit.json`` with, per model (``gp`` and ``dijet``), ``chi2``, ``ndf``,
-``max_abs_pull`` and the parameters (``dijet`` also ``n_params``, the F-test choice), the
-GP scan of local significances, and a plot of both fits with pulls.
+``max_abs_pull``, ``pulls``, ``prediction`` and the parameters (``dijet``: ``n_params``, the
+F-test choice among 3/4/5, and ``params``; ``gp``: its ``summary`` from
+:mod:`sideband.pipeline.gp` - kernel, ``hyperparameters`` (also as ``params``), ``bounds``,
+``at_bound``, ``warnings``, ``converged``), the GP scan of local significances, and a plot
+of both fits with pulls.
 
-chi2 uses the Poisson variance of the prediction (at least 1 per bin). The GP's ndf is the
-number of bins minus its 4 hyperparameters and the mean function's parameters; a GP is more
-flexible than that count says, so its chi2/ndf reads low.
+chi2 uses the Poisson variance of the prediction (at least 1 per bin). The GP's ndf is
+effective (bins minus the trace of its smoother, which counts the mean's parameters and
+what the kernel bends); it is not an integer.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import numpy as np
 from sideband.pipeline.cache import atomic_path, write_json
 from sideband.pipeline.exceptions import InputFileError
 
-__all__ = ["read_spectrum_csv", "fit_spectrum"]
+__all__ = ["fit_spectrum", "read_spectrum_csv"]
+
+MIN_BINS = 6
 
 
 def read_spectrum_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +34,8 @@ def read_spectrum_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path}: no such file; check --csv")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a directory, expected a CSV file; pass the file with --csv")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
@@ -45,10 +53,17 @@ def read_spectrum_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         counts = np.array([float(r["count"]) for r in rows])
     except (ValueError, TypeError) as exc:
         raise InputFileError(f"{path}: a value is not a number ({exc}); fix the CSV") from None
-    order = np.argsort(lo)
-    lo, hi, counts = lo[order], hi[order], counts[order]
-    if len(lo) < 6:
-        raise InputFileError(f"{path}: {len(lo)} bins; a fit needs at least 6")
+    if len(lo) < MIN_BINS:
+        raise InputFileError(f"{path}: {len(lo)} bins; a fit needs at least {MIN_BINS}")
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(np.isfinite(counts))):
+        raise InputFileError(f"{path}: a value is not finite (nan or inf); fix the CSV")
+    if np.any(hi <= lo):
+        i = int(np.flatnonzero(hi <= lo)[0])
+        raise InputFileError(f"{path}: data row {i + 1} has high {hi[i]:g} <= low {lo[i]:g}; each bin needs high > low")
+    if np.any(np.diff(lo) <= 0):
+        i = int(np.flatnonzero(np.diff(lo) <= 0)[0]) + 1
+        raise InputFileError(f"{path}: rows must be in increasing mass order (data row {i + 1}: low {lo[i]:g} "
+                             f"after {lo[i - 1]:g}); sort the CSV")
     if np.any(np.abs(lo[1:] - hi[:-1]) > 1e-6 * np.maximum(hi[:-1], 1)):
         raise InputFileError(f"{path}: bins must be contiguous (each low edge equal to the previous high edge)")
     if np.any(counts < 0):
@@ -58,39 +73,46 @@ def read_spectrum_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.r_[lo, hi[-1]], counts
 
 
-def _quality(counts, pred, n_par):
-    var = np.maximum(pred, 1.0)
-    pulls = (counts - pred) / np.sqrt(var)
-    return {"chi2": float(np.sum(pulls**2)), "ndf": int(len(counts) - n_par), "max_abs_pull": float(np.max(np.abs(pulls))),
+def _quality(counts, pred, ndf):
+    pulls = (counts - pred) / np.sqrt(np.maximum(pred, 1.0))
+    return {"chi2": float(np.sum(pulls**2)), "ndf": ndf, "max_abs_pull": float(np.max(np.abs(pulls))),
             "pulls": pulls.tolist(), "prediction": pred.tolist()}
 
 
-def fit_spectrum(csv_path: str | Path, out_dir: str | Path, scan_step: float | None = None) -> dict:
-    from sideband.detectors.gp_fit import GPSpectrum, scan_spectrum
+def fit_spectrum(csv_path: str | Path, out_dir: str | Path, scan_step: float | None = None, seed: int = 0) -> dict:
+    """Fit the spectrum of ``csv_path`` with the GP and the dijet functions; write fit.json and fit.png."""
     from sideband.pipeline.fits import fit_dijet_ftest
+    from sideband.pipeline.gp import gp_predict, gp_scan
 
     edges, counts = read_spectrum_csv(csv_path)
     allb = np.ones(len(counts), bool)
-    dijet = fit_dijet_ftest(edges, counts, allb)
-    gp = GPSpectrum(edges, counts, np.maximum(dijet.expected, 1e-9)).fit()
-    gp_pred = gp.fitted()
+    try:
+        dijet = fit_dijet_ftest(edges, counts, allb)
+        gp = gp_predict(edges, counts, allb, allb, seed=seed, reference=False)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise InputFileError(f"{csv_path}: the spectrum cannot be fitted ({exc}); it needs more non-empty bins") from None
     centers = 0.5 * (edges[1:] + edges[:-1])
     step = scan_step or float(np.median(np.diff(edges))) * 2
     masses = np.arange(centers[2], centers[-3] + 1e-9, step)
-    scan = scan_spectrum(gp, masses)
+    scan = gp_scan(gp, masses)
+    summary = gp.summary()
+    summary.pop("dijet_reference")
+    summary["ndf"] = round(gp.ndf, 2)
     result = {
-        "input": str(csv_path), "n_bins": int(len(counts)), "range": [float(edges[0]), float(edges[-1])],
+        "input": str(csv_path), "n_bins": len(counts), "range": [float(edges[0]), float(edges[-1])],
         "models": {
-            "dijet": {**_quality(counts, dijet.expected, dijet.n_params), "n_params": dijet.n_params,
+            "dijet": {**_quality(counts, dijet.expected, int(len(counts) - dijet.n_params)), "n_params": dijet.n_params,
                       "params": [float(p) for p in dijet.params], "converged": dijet.converged},
-            "gp": {**_quality(counts, gp_pred, 4 + dijet.n_params), "params": gp.params()},
+            "gp": {**_quality(counts, gp.expected, round(gp.ndf, 2)), **summary, "params": summary["hyperparameters"]},
         },
-        "scan": [{"mass": p.mass, "z_local": p.z_local, "signal_amplitude": p.signal_amplitude} for p in scan],
+        "warnings": list(gp.warnings),
+        "scan": [{"mass": p.mass, "z_local": p.z_local, "signal": p.signal, "signal_unc": p.signal_unc}
+                 for p in scan],
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "fit.json", result)
-    _plot(edges, counts, dijet.expected, gp_pred, result, out / "fit.png")
+    _plot(edges, counts, dijet.expected, gp.expected, result, out / "fit.png")
     return result
 
 
@@ -108,7 +130,7 @@ def _plot(edges, counts, dijet, gp, result, path):
         ax.errorbar(c[nz], counts[nz], yerr=np.sqrt(counts[nz]), fmt="ko", ms=3, label="data")
         d, g = result["models"]["dijet"], result["models"]["gp"]
         ax.stairs(dijet, edges, color="C0", label=f"dijet {d['n_params']}p: χ²/ndf {d['chi2']:.1f}/{d['ndf']}")
-        ax.stairs(gp, edges, color="C1", ls="--", label=f"GP: χ²/ndf {g['chi2']:.1f}/{g['ndf']}")
+        ax.stairs(gp, edges, color="C1", ls="--", label=f"GP: χ²/ndf {g['chi2']:.1f}/{g['ndf']:.1f}")
         ax.set_yscale("log")
         ax.set_ylim(bottom=0.3)
         ax.set_ylabel("Events / bin")
