@@ -165,3 +165,14 @@ def test_blinded_search_hides_signal_region_data(searched, tmp_path):
         if doc["rows"][0]["n_observed_sr"] is None:  # blinded node outputs hide SR bins too
             assert all(c is None for s in doc["spectra"] for c, sr in zip(s["counts"], s["sr_bins"]) if sr)
     assert '"blinded": true' in text
+
+
+def test_gp_background_in_the_search(small_h5, fast_config, tmp_path):
+    cfg = fast_config(small_h5, fit={"background": "gp"}, stats={"selections": [0.1]})
+    res = run_search(cfg, tmp_path / "out", unblind=True)
+    rows = [r for r in res["results"] if r["fit"] is not None]
+    assert rows and all(r["fit"]["background"] == "gp" and r["gp"]["model"] == "gp" for r in rows)
+    for r in rows:
+        assert r["n_expected_sr"] > 0 and r["n_expected_sr_unc"] > 0
+        assert "hyperparameters" in r["gp"] and isinstance(r["gp"]["at_bound"], list)
+        assert r["p_value_method"].startswith("asymptotic")
