@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_path, write_json
+from .scanplots import _style, plot_sic_curves, plot_training
+from .scanplots import img_html as _img
+from .scanplots import png_b64 as _png_b64
 
-__all__ = ["write_results", "format_table", "fmt_value", "plot_spectra", "package_versions", "write_html_report",
-           "write_injection_report", "RESULTS_SCHEMA_VERSION"]
+__all__ = ["write_results", "format_table", "format_summary", "fmt_value", "plot_spectra", "package_versions",
+           "write_html_report", "write_injection_report", "RESULTS_SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
 #: Version of results.json (pipeline/results.schema.json); 2: records, relative paths, models, ceilings.
@@ -59,30 +62,53 @@ def fmt_value(v, spec: str, missing: str = "-") -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table, one line per window x detector x selection."""
+    """A plain-text table, one line per window x detector x selection, with the sideband-fit p-value.
+
+    Marks: ``!`` after a fit p-value below 0.01 (:data:`.verdict.FIT_P_MIN`), ``t`` after a Z
+    from pseudo-experiments, ``>`` / ``<=`` before a global Z that is a bound; a legend line
+    follows for each mark used.
+    """
+    from .verdict import FIT_P_MIN, poor_fit, z_global_text
+
     head = (f"{'window [GeV]':<13} {'detector':<11} {'sel':>7} {'n_sel':>8} {'B_exp (SR)':>16} "
-            f"{'obs (SR)':>8} {'Z_local':>7} {'Z_glob':>6} {'UL95':>8} {'UL95 exp':>8}  fit")
+            f"{'obs (SR)':>8} {'Z_local':>7} {'Z_glob':>7} {'UL95':>8} {'UL95 exp':>8} {'fit p':>7}  fit")
     lines = [head, "-" * len(head)]
     for r in rows:
         b = r.get("n_expected_sr")
         bexp = "-" if b is None else f"{b:9.1f}±{r['n_expected_sr_unc']:<6.1f}"
         fit = r.get("fit") or {}
-        fit_s = (f"{fit['n_params']}p chi2/ndf={fit['chi2']:.1f}/{fit['ndf']}" if fit else r.get("status", ""))
+        fit_s = (f"{fit['n_params']}p chi2/ndf={fit['chi2']:.1f}/{fit['ndf']}" if fit.get("n_params") is not None
+                 else f"chi2/ndf={fit['chi2']:.1f}/{fit['ndf']:.3g}" if fit else "")
+        if r.get("status", "ok") != "ok":
+            fit_s = (fit_s + "  " if fit_s else "") + f"[{r.get('status')}]"
         hidden = "blind" if r.get("n_observed_sr") is None else "-"
+        zg = z_global_text(r, ".2f") or hidden
+        pfit = fmt_value(fit.get("p_value"), ".2g") + ("!" if poor_fit(r) else "")
         lines.append(f"{r['window']:<13} {r['detector']:<11} {r['selection']:>7.3g} "
                      f"{fmt_value(r.get('n_selected'), '8d', hidden):>8} {bexp:>16} "
                      f"{fmt_value(r.get('n_observed_sr'), '8d', hidden):>8} {_z_text(r, hidden):>7} "
-                     f"{fmt_value(r.get('z_global'), '6.2f', hidden):>6} "
+                     f"{zg:>7} "
                      f"{fmt_value(r.get('upper_limit'), '8.1f', hidden):>8} "
-                     f"{fmt_value(r.get('upper_limit_expected'), '8.1f'):>8}  {fit_s}")
+                     f"{fmt_value(r.get('upper_limit_expected'), '8.1f'):>8} {pfit:>7}  {fit_s}")
+    if any(poor_fit(r) for r in rows):
+        lines.append(f"!: sideband fit chi2 p-value < {FIT_P_MIN:g} (background model doubtful in this test)")
     if any(r.get("p_value_method") == "toys" for r in rows):
         lines.append("t: Z_local from pseudo-experiments of the whole background procedure (stats.p_value)")
+    if any(r.get("z_global_is_bound") for r in rows):
+        lines.append("> / <=: global Z is a bound (look-elsewhere toys ran out, or capped at the local Z)")
     return "\n".join(lines)
 
 
 def _z_text(r: dict, hidden: str) -> str:
     z = fmt_value(r.get("z_local"), ".2f", hidden)
     return z + "t" if r.get("p_value_method") == "toys" and r.get("z_local") is not None else z
+
+
+def format_summary(doc: dict) -> str:
+    """The terminal summary of a search: the verdict sentence, then :func:`format_table`."""
+    from .verdict import verdict
+
+    return verdict(doc) + "\n\n" + format_table(doc["results"])
 
 
 def plot_spectra(stats_outputs: list[dict], plot_dir: Path) -> list[str]:
@@ -141,87 +167,16 @@ def plot_spectra(stats_outputs: list[dict], plot_dir: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- HTML report
-def _png_b64(fig) -> str:
-    import base64
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+_LEGEND = ("! sideband fit χ² p-value < 0.01: background model doubtful in this test (flagged in the verdict). "
+           "Struck-through rows: no usable background fit, not in the look-elsewhere maximum. "
+           "Bold row: the test the verdict quotes. Global Z prefixed by &gt; or ≤ is a bound.")
 
 
-def _img(b64: str, caption: str) -> str:
+def _table_html(rows: list[dict], best: dict | None = None, ceilings=(), blinded: bool = False) -> str:
+    """All tests, with the fit p-value column and the flag classes (best, poor fit, failed, ceiling)."""
     import html
 
-    return (f'<figure><img src="data:image/png;base64,{b64}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-def _style():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mplhep
-
-    return plt, plt.style.context(mplhep.style.CMS)
-
-
-def plot_sic_curves(metrics: list[dict], title: str = "") -> str | None:
-    """SIC vs signal efficiency per detector; the ceilings dashed."""
-    metrics = [m for m in metrics if m.get("sic")]
-    if not metrics:
-        return None
-    plt, style = _style()
-    with style:
-        fig, ax = plt.subplots(figsize=(8, 6))
-        for i, m in enumerate(metrics):
-            ls = "--" if m.get("ceiling") else "-"
-            sic = [np.nan if v is None else v for v in m["sic"]]
-            ax.plot(m["eps_s"], sic, ls, color=f"C{i}",
-                    label=f"{m['detector']} (AUC {m['auc']:.2f}, max {m['max_sic']:.1f})")
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ax.set_xlabel("signal efficiency ε_S")
-        ax.set_ylabel("SIC = ε_S / √ε_B")
-        ax.set_xlim(0, 1)
-        ax.legend(fontsize=12, title=title, title_fontsize=12)
-        return _png_b64(fig)
-
-
-def plot_training(training: list[dict]) -> str | None:
-    """Validation loss per fold and detector (iterations for boosted trees, epochs for nets)."""
-    curves = []
-    for t in training:
-        for k, fold in enumerate(t["folds"]):
-            members = fold if isinstance(fold, list) else [fold]
-            for mem in members:
-                vl = mem.get("validation_loss") if isinstance(mem, dict) else None
-                vl = vl or (mem.get("val") if isinstance(mem, dict) else None)
-                if vl:
-                    curves.append((f"{t['detector']} {t['window']}", k, vl))
-    if not curves:
-        return None
-    plt, style = _style()
-    with style:
-        fig, ax = plt.subplots(figsize=(8, 5))
-        names = sorted({c[0] for c in curves})
-        for label, k, vl in curves:
-            i = names.index(label)
-            ax.plot(np.arange(1, len(vl) + 1), vl, color=f"C{i}", alpha=0.6, lw=1,
-                    label=label if k == 0 else None)
-        ax.set_xlabel("epoch / boosting iteration")
-        ax.set_ylabel("validation loss")
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=11)
-        return _png_b64(fig)
-
-
-def _table_html(rows: list[dict]) -> str:
-    import html
+    from .verdict import poor_fit, problem, z_global_text
 
     cols = [("window", "window [GeV]", None), ("detector", "detector", None), ("selection", "selection", ".3g"),
             ("n_selected", "selected", "d"), ("n_expected_sr", "B exp. (SR)", ".1f"),
@@ -230,33 +185,56 @@ def _table_html(rows: list[dict]) -> str:
             ("upper_limit_expected", "UL95 exp.", ".1f")]
     if any("z_global" in r for r in rows):
         cols.insert(8, ("z_global", "Z global", ".2f"))
-    head = "".join(f"<th>{html.escape(c[1])}</th>" for c in cols) + "<th>fit</th>"
+    head = "".join(f"<th>{html.escape(c[1])}</th>" for c in cols) + "<th>fit p</th><th>fit</th>"
     body = []
     for r in rows:
+        blind = r.get("n_observed_sr") is None
         cells = []
         for key, _, spec in cols:
             v = r.get(key)
-            text = ("blind" if v is None and key in ("n_observed_sr", "z_local", "upper_limit", "n_selected")
-                    and r.get("n_observed_sr") is None else fmt_value(v, spec) if spec else html.escape(str(v)))
+            if v is None and blind and key in ("n_observed_sr", "z_local", "upper_limit", "n_selected", "z_global"):
+                text = "blind"
+            elif key == "z_global":
+                text = html.escape(z_global_text(r, ".2f") or "-")
+            else:
+                text = fmt_value(v, spec) if spec else html.escape(str(v))
             if key == "z_local" and v is not None and (r.get("p0_toys") or {}).get("n_toys"):
                 text += f" <small>({r['p0_toys']['n_toys']} toys)</small>"
             cells.append("<td>" + text + "</td>")
         fit = r.get("fit") or {}
-        cells.append(f"<td>{fit['n_params']}p, χ²/ndf {fit['chi2']:.1f}/{fit['ndf']}</td>" if fit
-                     else f"<td>{html.escape(str(r.get('status')))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        cells.append(f"<td>{fmt_value(fit.get('p_value'), '.2g')}{' !' if poor_fit(r) else ''}</td>")
+        desc = (f"{fit['n_params']}p, " if fit.get("n_params") is not None else f"{fit.get('background', '')}, "
+                ) + f"χ²/ndf {fit['chi2']:.1f}/{fit['ndf']:.3g}" if fit else ""
+        status = r.get("status", "ok")
+        desc += "" if status == "ok" else (" " if desc else "") + f"[{html.escape(str(status))}]"
+        cells.append(f"<td>{desc}</td>")
+        cls = [c for c, on in (("best", r is best), ("poor", poor_fit(r)), ("failed", problem(r, blinded)),
+                               ("ceiling", r.get("detector") in ceilings)) if on]
+        body.append(f"<tr class=\"{' '.join(cls)}\">" if cls else "<tr>")
+        body[-1] += "".join(cells) + "</tr>"
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<p class='legend'>{_LEGEND}</p>")
 
 
-def html_page(title: str, sections: list[tuple[str, str]]) -> str:
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:1.2em auto;color:#222}h1{margin:0 0 .4em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
+        "text-align:right}th{background:#eee}figure{display:inline-block;margin:6px}"
+        "img{max-width:520px}figure.wide img{max-width:1000px}figcaption{font-size:12px;color:#555}"
+        "code{background:#f4f4f4}.verdict{font-size:1.3em;line-height:1.4;padding:.6em .9em;margin:.3em 0 1em;"
+        "border-left:8px solid #2a7;background:#eef8f1}.verdict.excess{border-color:#d40;background:#fdeee8}"
+        ".verdict.blind{border-color:#37b;background:#eef3fb}tr.best td{font-weight:bold;background:#fff6d5}"
+        "tr.poor td{background:#fde8e8}tr.failed td{text-decoration:line-through;color:#888}"
+        "tr.ceiling td{color:#666;font-style:italic}.legend{font-size:12px;color:#555}"
+        "details{margin:.3em 0;border:1px solid #ddd;padding:.2em .6em}summary{cursor:pointer}"
+        "summary.flag{color:#b00}")
+
+
+def html_page(title: str, sections: list[tuple[str, str]], lead: str = "") -> str:
+    """A self-contained page: title, ``lead`` (raw HTML, e.g. the verdict), then one h2 per section."""
     import html
 
-    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
-           "text-align:right}th{background:#eee}figure{display:inline-block;margin:6px}"
-           "img{max-width:520px}figcaption{font-size:12px;color:#555}code{background:#f4f4f4}")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"]
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{lead}"]
     for head, content in sections:
         parts.append(f"<h2>{html.escape(head)}</h2>{content}")
     parts.append("</body></html>")
@@ -273,22 +251,51 @@ def _run_info_html(doc: dict) -> str:
         items.append(f"input <code>{html.escape(s['path'])}</code> ({s.get('format')}, "
                      f"hash {s.get('content_hash', '')[:12]}, {s.get('n_kept')} events kept, "
                      f"{s.get('n_nonfinite_dropped', 0)} NaN/inf dropped)")
+    if doc.get("ceilings"):
+        items.append("ceilings (truth-based benchmarks, not searches: outside the verdict and the look-elsewhere "
+                     "correction): " + ", ".join(html.escape(c) for c in doc["ceilings"]))
     v = doc.get("versions", {})
     items.append("versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
     return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
 def write_html_report(out_dir: Path) -> Path:
-    """``report.html`` for a search run: summary, spectra, SIC curves (truth only), training."""
-    import base64
+    """``report.html`` of a search: the verdict first, then significance and limits vs mass, the best
+    window's spectra, the other windows collapsed, fit quality, all tests, run, SIC curves, training."""
+    import html
+
+    from .scanplots import figure_uri, limits_uri, plot_fit_quality, plot_significance, windows_html
+    from .verdict import best_test, searches, verdict
 
     out_dir = Path(out_dir)
     doc = json.loads((out_dir / "results.json").read_text())
     training = json.loads((out_dir / "training.json").read_text()) if (out_dir / "training.json").exists() else []
-    sections = [("Summary", _run_info_html(doc) + _table_html(doc["results"]))]
-    spectra = "".join(_img(base64.b64encode((out_dir / p).read_bytes()).decode(), Path(p).stem)
-                      for p in doc.get("plots", []) if (out_dir / p).exists())
-    sections.append(("mjj spectra, background fits and pulls", spectra))
+    blinded = bool(doc.get("blinded"))
+    rows = searches(doc)
+    best = best_test(rows, blinded)
+    text = verdict(doc)
+    kind = "blind" if blinded else "excess" if text.startswith("Excess") else "none"
+    lead = f"<p id='verdict' class='verdict {kind}'>{html.escape(text)}</p>"
+    sections = []
+    if not blinded and (fig := plot_significance(rows)) is not None:
+        sections.append(("Significance vs mass", _img(figure_uri(fig), "local Z (top, solid) and global Z (bottom, "
+                         "dashed) per detector and selection; red rings: sideband fit p < 0.01; ceilings not shown",
+                                                        wide=True)))
+    try:
+        uri = limits_uri(rows, out_dir, blinded)
+    except Exception as exc:  # noqa: BLE001 - an optional picture must not cost the run its report
+        log.warning("limits plot failed: %r", exc)
+        sections.append(("Upper limits vs mass", f"<p class='legend'>limits plot failed: {html.escape(repr(exc))}</p>"))
+    else:
+        if uri:
+            sections.append(("Upper limits vs mass", _img(uri, "CLs upper limits on signal events: observed and "
+                                                          "expected ±1σ/±2σ bands", wide=True)))
+    sections += windows_html(doc, out_dir, rows, best)
+    if (fig := plot_fit_quality(rows, blinded)) is not None:
+        sections.append(("Sideband fit quality", _img(figure_uri(fig), "χ² p-value of each sideband fit vs mass",
+                                                      wide=True)))
+    sections.append(("All tests", _table_html(doc["results"], best, doc.get("ceilings") or (), blinded)))
+    sections.append(("Run", _run_info_html(doc)))
     metrics = doc.get("detector_metrics") or []
     windows = sorted({m["window"] for m in metrics})
     sic_imgs = [_img(b, f"SIC curves, SR {w} GeV") for w in windows
@@ -299,7 +306,7 @@ def write_html_report(out_dir: Path) -> Path:
         sections.append(("Training curves", _img(b, "validation loss per fold")))
     path = out_dir / "report.html"
     with atomic_path(path, ".html") as tmp:
-        tmp.write_text(html_page("sideband search report", sections))
+        tmp.write_text(html_page("sideband search report", sections, lead=lead))
     return path
 
 

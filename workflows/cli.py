@@ -145,7 +145,7 @@ def _progress(args) -> bool:
 
 
 def _cmd_search(args) -> int:
-    from sideband.pipeline.report import format_table
+    from sideband.pipeline.report import format_summary
     from sideband.workflows.configure import load_config
     from sideband.workflows.search import run_search
 
@@ -160,7 +160,7 @@ def _cmd_search(args) -> int:
                       file=sys.stderr)
     cfg = load_config(config, _overrides(args))
     results = run_search(cfg, args.out, progress=_progress(args), unblind=args.unblind)
-    print(format_table(results["results"]))
+    print(format_summary(results))
     if results["blinded"]:
         print("\nBLINDED: signal-region data hidden; rerun with --unblind to see observed counts and Z.")
     print(f"\nresults: {args.out}/results.json   plots: {args.out}/plots/")
