@@ -147,13 +147,35 @@ class ComputeConfig(_Strict):
 class TriggerConfig(_Strict):
     """Fixed-point export of a trigger model (hls4ml)."""
 
-    precision: str = "ap_fixed<32,16>"  # 16 integer bits: raw jet masses in GeV fit
+    #: "auto": each layer's ap_fixed<max_bits,I> from hls4ml profiling on the calibration
+    #: events (inputs scaled by powers of two); or one ap_fixed<W,I> for every layer.
+    precision: str = "auto"
+    #: Total bits of every fixed-point type of the "auto" export.
+    max_bits: int = Field(default=16, ge=4, le=64)
+    #: Integer bits above the profiled range, for layer outputs.
+    headroom_bits: int = Field(default=1, ge=0, le=8)
+    #: Events per second reaching the trigger (40 MHz bunch crossings, or a preselection rate).
+    input_rate_hz: float = Field(default=40e6, gt=0)
+    #: L1 pre-scale: rate = acceptance x input_rate_hz / prescale.
+    prescale: float = Field(default=1.0, ge=1)
+    #: Background acceptances of the rate menu.
+    rate_targets: list[float] = Field(default_factory=lambda: [1e-2, 1e-3, 1e-4, 1e-5])
+    #: Warn when fewer calibration events than this pass a threshold.
+    min_events_above: int = Field(default=10, ge=1)
     reuse_factor: int = Field(default=1, ge=1)
     backend: str = "Vitis"
     part: str = "xcvu13p-flga2577-2-e"
     io_type: Literal["io_parallel", "io_stream"] = "io_parallel"
     clock_period_ns: float = Field(default=5.0, gt=0)
     emulation_events: int = Field(default=20_000, gt=0)
+
+    @field_validator("rate_targets")
+    @classmethod
+    def _acceptances(cls, v):
+        bad = [x for x in v if not 0 < x < 1]
+        if bad:
+            raise ValueError(f"rate targets are background acceptances in (0, 1), got {bad}")
+        return v
 
 
 class InjectionConfig(_Strict):

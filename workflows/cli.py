@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--signal", default=None, help="signal file for the signal acceptance (default: labels)")
     t.add_argument("--config", default=None, help="config whose 'trigger:' section to use (default: the run's)")
     t.add_argument("--no-hls", action="store_true", help="skip the hls4ml step")
+    t.add_argument("--score", choices=["reconstruction", "latent"], default=None,
+                   help="score to export: reconstruction error (encoder + decoder) or the encoder-only latent "
+                        "score (AXOL1TL style); default: the autoencoder's score_type")
+    t.add_argument("--precision", default=None,
+                   help="'auto' (per layer from hls4ml profiling) or one ap_fixed<W,I> for every layer "
+                        "(default: trigger.precision)")
+    t.add_argument("--max-bits", type=int, default=None,
+                   help="total bits of every fixed-point type (default: trigger.max_bits, 16)")
+    t.add_argument("--prescale", type=float, default=None,
+                   help="L1 pre-scale dividing the rate (default: trigger.prescale, 1)")
+    t.add_argument("--input-rate", type=float, default=None,
+                   help="input rate in Hz (default: trigger.input_rate_hz, 40e6)")
     t.set_defaults(func=_cmd_export_trigger)
 
     inj = sub.add_parser(
@@ -177,7 +189,9 @@ def _cmd_export_trigger(args) -> int:
         trigger_cfg = load_config(args.config).trigger
     out = args.out or str(Path(args.run) / "trigger")
     report = export_trigger(args.run, out, rate=args.rate, window=args.window, fold=args.fold,
-                            signal_path=args.signal, trigger_cfg=trigger_cfg, hls=not args.no_hls)
+                            signal_path=args.signal, trigger_cfg=trigger_cfg, hls=not args.no_hls,
+                            score=args.score, precision=args.precision, max_bits=args.max_bits,
+                            prescale=args.prescale, input_rate_hz=args.input_rate)
     print(format_trigger_report(report))
     print(f"\nreport: {out}/trigger_report.json   ONNX: {out}/{report['onnx_model']}")
     return 0
