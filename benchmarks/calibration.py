@@ -18,7 +18,17 @@ limits (pyhf): pseudo-experiments with a known signal (``--signal-sigma`` times 
 events, Gaussian in mjj at the SR centre) added; coverage = fraction of limits at or above
 the true signal in the SR.
 
+Expected SR backgrounds (``--b-sr``, default 5, 35, 300, 3000: the truth scaled to each) or
+``--scales`` (fractions of the truth) choose the statistics.
+
+Power (``--power-signal``, e.g. 10,20,40): signal events (Gaussian in mjj, 5% width, at the SR
+centre; 75% of them in the SR) injected on a tight selection (``--power-b``, default B(SR) = 4);
+the search's local Z is compared with an oracle that draws the pseudo-experiments of the same
+procedure from the true background spectrum (``toy_p_value_known_background``): median Z of
+both and the median per-experiment difference (target: within 0.3).
+
     python benchmarks/calibration.py --n-pseudo 20000 --n-limit 200 --json calib.json
+    python benchmarks/calibration.py --b-sr 5 --n-pseudo 600 --n-limit 100 --power-signal 10,20,40
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from sideband.pipeline.fits import (  # noqa: E402
     start_parameters,
 )
 from sideband.pipeline.stats import discovery_and_limit, z_on_off  # noqa: E402
-from sideband.pipeline.toys import toy_p_value, use_toys  # noqa: E402
+from sideband.pipeline.toys import toy_p_value, toy_p_value_known_background, use_toys  # noqa: E402
 
 NOMINAL = {"1": float(stats.norm.sf(1)), "2": float(stats.norm.sf(2)), "3": float(stats.norm.sf(3))}
 
@@ -89,16 +99,36 @@ def truth_spectrum(data: Path, edges, kind: str):
     return truth, f"{kind} fit to {data.name} (chi2 {chi2:.1f} for {len(counts)} bins)"
 
 
-def _local_z(counts, edges, sr_bins, args, rng_seed):
-    """Local Z of each pseudo-experiment (rows of ``counts``) as the search computes it."""
+def _observed(counts, edges, sr_bins, args):
+    """SR prediction of each spectrum by the search's procedure: the vectorised batch where the
+    statistics are large, the single fit itself at small counts (where a sparse fit can fail);
+    NaN where the fit fails (the search reports those tests as failed)."""
     fit_mask = ~sr_bins
     opts = args.n_params
-    start = start_parameters(edges, counts.mean(0), fit_mask, opts)
-    b, sb = predict_background_batch(edges, counts, fit_mask, sr_bins, start, opts)
+    if counts[:, sr_bins].sum(1).mean() >= args.toys_below:
+        start = start_parameters(edges, counts.mean(0), fit_mask, opts)
+        return predict_background_batch(edges, counts, fit_mask, sr_bins, start=start, n_params_options=opts)
+    b, sb = np.full(len(counts), np.nan), np.full(len(counts), np.nan)
+    for i, c in enumerate(counts):
+        try:
+            pred = predict_background(edges, c, fit_mask, sr_bins, opts)
+        except ValueError:
+            continue
+        b[i], sb[i] = pred.b, pred.sigma
+    return b, sb
+
+
+def _local_z(counts, edges, sr_bins, args, rng_seed):
+    """Local Z of each pseudo-experiment (rows of ``counts``) as the search computes it; NaN
+    where the background fit fails."""
+    fit_mask = ~sr_bins
+    opts = args.n_params
+    b, sb = _observed(counts, edges, sr_bins, args)
     n = counts[:, sr_bins].sum(1)
-    z = np.where(np.isfinite(b) & np.isfinite(sb), z_on_off(n, b, sb), 0.0)
+    fitted = np.isfinite(b) & np.isfinite(sb)
+    z = np.where(fitted, z_on_off(n, np.where(fitted, b, 1.0), np.where(fitted, sb, 1.0)), np.nan)
     toys = np.array([use_toys(args.p_value, bb, args.toys_below) for bb in b])
-    todo = np.flatnonzero(toys & (z > 0))  # Z = 0 stays 0 with toys too
+    todo = np.flatnonzero(toys & (np.nan_to_num(z) > 0))  # Z = 0 stays 0 with toys too
     jobs = [(edges, counts[i], fit_mask, sr_bins, float(z[i]), args.inner_toys, rng_seed + int(i), opts)
             for i in todo]
     if args.jobs > 1 and len(jobs) > 1:
@@ -112,7 +142,14 @@ def _local_z(counts, edges, sr_bins, args, rng_seed):
 
 
 def _toy_z(edges, counts, fit_mask, sr_bins, z_obs, n_toys, seed, opts):
-    return toy_p_value(edges, counts, fit_mask, sr_bins, z_obs, n_toys, seed=seed, n_params_options=opts)["z"]
+    return toy_p_value(edges, counts, fit_mask, sr_bins, z_obs, n_toys=n_toys, seed=seed, n_params_options=opts)["z"]
+
+
+def _signal_shape(edges):
+    """A narrow resonance at 3.5 TeV (Gaussian, 5% width) per bin, normalised to 1 over all bins."""
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    shape = np.exp(-0.5 * ((centers - 3500) / (0.05 * 3500)) ** 2) * np.diff(edges)
+    return shape / shape.sum()
 
 
 def run_scale(scale, args, truth, edges, sr_bins, rng):
@@ -120,15 +157,26 @@ def run_scale(scale, args, truth, edges, sr_bins, rng):
     base = truth * scale
     counts = rng.poisson(base, size=(args.n_pseudo, len(base)))
     z, n_toy_based, _ = _local_z(counts, edges, sr_bins, args, int(rng.integers(2**31)))
+    n_failed = int(np.sum(~np.isfinite(z)))
+    oracle = None
+    if args.oracle:  # the same experiments, pseudo-experiments drawn from the true background
+        b_obs, sb_obs = _observed(counts, edges, sr_bins, args)
+        fitted = np.isfinite(b_obs)
+        z_asym = z_on_off(counts[:, sr_bins].sum(1), np.where(fitted, b_obs, 1.0), np.where(fitted, sb_obs, 1.0))
+        zo = np.zeros(int(fitted.sum()))
+        for j, i in enumerate(np.flatnonzero(fitted)):
+            if z_asym[i] > 0:
+                zo[j] = toy_p_value_known_background(edges, base, ~sr_bins, sr_bins, float(z_asym[i]), n_toys=args.inner_toys,
+                                                     seed=i, n_params_options=args.n_params)["z"]
+        oracle = {k: float(np.mean(zo > float(k))) for k in NOMINAL}
+    z = z[np.isfinite(z)]
     frac = {k: float(np.mean(z > float(k))) for k in NOMINAL}
     err = {k: float(np.sqrt(NOMINAL[k] * (1 - NOMINAL[k]) / max(len(z), 1))) for k in NOMINAL}
+    within = all(abs(frac[k] - NOMINAL[k]) <= 3 * err[k] for k in NOMINAL)
     # coverage with a known signal
-    centers = 0.5 * (edges[1:] + edges[:-1])
     b_sr = base[sr_bins].sum()
     s_true = args.signal_sigma * np.sqrt(b_sr)
-    width = 0.05 * 3500
-    shape = np.exp(-0.5 * ((centers - 3500) / width) ** 2) * np.diff(edges)
-    shape = shape / shape.sum()
+    shape = _signal_shape(edges)
     covered, n_lim = 0, 0
     for _ in range(args.n_limit):
         c = rng.poisson(base + s_true * shape)
@@ -141,9 +189,37 @@ def run_scale(scale, args, truth, edges, sr_bins, rng):
             n_lim += 1
             covered += r.upper_limit >= s_true * shape[sr_bins].sum()
     return {"scale": scale, "n_events": float(base.sum()), "b_sr": float(b_sr), "n_pseudo": int(len(z)),
-            "n_toy_based": n_toy_based, "frac_z_gt": frac, "frac_z_gt_err": err,
+            "n_fit_failed": n_failed, "n_toy_based": n_toy_based, "frac_z_gt": frac, "frac_z_gt_err": err,
+            "within_3_sigma": bool(within), "frac_z_gt_oracle": oracle,
             "limit_coverage": covered / n_lim if n_lim else None, "n_limit": n_lim,
             "signal_in_sr": float(s_true * shape[sr_bins].sum()), "seconds": time.perf_counter() - t0}
+
+
+def run_power(args, truth, edges, sr_bins, rng) -> list[dict]:
+    """Median local Z with signal injected on a tight selection, against the oracle's."""
+    base = truth * args.power_b / truth[sr_bins].sum()
+    shape = _signal_shape(edges)
+    out = []
+    for s in [float(v) for v in args.power_signal.split(",")]:
+        t0 = time.perf_counter()
+        counts = rng.poisson(base + s * shape, size=(args.n_power, len(base)))
+        seed = int(rng.integers(2**31))
+        z, _, _ = _local_z(counts, edges, sr_bins, args, seed)
+        b_obs, sb_obs = _observed(counts, edges, sr_bins, args)
+        z_asym = z_on_off(counts[:, sr_bins].sum(1), np.nan_to_num(b_obs, nan=1.0), np.nan_to_num(sb_obs, nan=1.0))
+        ok = np.isfinite(z)
+        z_asym = np.where(ok, z_asym, np.nan)
+        oracle = np.full(len(z), np.nan)
+        for i in np.flatnonzero(ok):
+            oracle[i] = toy_p_value_known_background(edges, base, ~sr_bins, sr_bins, float(z_asym[i]), n_toys=args.inner_toys,
+                                                     seed=seed + i, n_params_options=args.n_params)["z"]
+        med, med_or = float(np.median(z[ok])), float(np.median(oracle[ok]))
+        out.append({"b_sr": float(args.power_b), "signal": s, "signal_in_sr": float(s * shape[sr_bins].sum()),
+                    "n_pseudo": int(ok.sum()), "median_z": med, "median_z_oracle": med_or,
+                    "median_z_asymptotic": float(np.median(z_asym[ok])),
+                    "median_difference": float(np.median(z[ok] - oracle[ok])),
+                    "within_0.3": bool(abs(med - med_or) <= 0.3), "seconds": time.perf_counter() - t0})
+    return out
 
 
 def main(argv=None) -> int:
@@ -151,7 +227,14 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "rnd" / "qcd_features.h5"))
     ap.add_argument("--n-pseudo", type=int, default=10000)
     ap.add_argument("--n-limit", type=int, default=200)
-    ap.add_argument("--scales", default="1,0.01,0.002")
+    ap.add_argument("--b-sr", default="5,35,300,3000",
+                    help="expected SR backgrounds to scale the truth to (ignored with --scales)")
+    ap.add_argument("--scales", default=None, help="fractions of the truth, e.g. 1,0.01,0.002 (instead of --b-sr)")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also the rates of an oracle drawing the pseudo-experiments from the true background")
+    ap.add_argument("--power-signal", default="", help="signal events injected for the power test, e.g. 10,20,40")
+    ap.add_argument("--power-b", type=float, default=4.0, help="expected SR background of the power test")
+    ap.add_argument("--n-power", type=int, default=30, help="pseudo-experiments per signal size")
     ap.add_argument("--signal-sigma", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -175,18 +258,36 @@ def main(argv=None) -> int:
     print(f"{'scale':>6} {'events':>8} {'B(SR)':>8} {'Z>1':>14} {'Z>2':>16} {'Z>3':>18} {'coverage':>9}")
     print(f"{'':>6} {'':>8} {'nominal':>8} {NOMINAL['1']:>14.4f} {NOMINAL['2']:>16.4f} {NOMINAL['3']:>18.5f} {'>= 0.95':>9}")
     out = []
-    for scale in [float(s) for s in args.scales.split(",")]:
+    b_truth = float(truth[sr_bins].sum())
+    scales = ([float(v) for v in args.scales.split(",")] if args.scales
+              else [float(v) / b_truth for v in args.b_sr.split(",") if v])
+    for scale in scales:
         r = run_scale(scale, args, truth, edges, sr_bins, rng)
         out.append(r)
         f, e = r["frac_z_gt"], r["frac_z_gt_err"]
         cov = "-" if r["limit_coverage"] is None else f"{r['limit_coverage']:.3f}"
-        print(f"{scale:>6g} {r['n_events']:>8.0f} {r['b_sr']:>8.1f} {f['1']:>7.4f}±{e['1']:.4f} "
-              f"{f['2']:>8.4f}±{e['2']:.4f} {f['3']:>9.5f}±{e['3']:.5f} {cov:>9}   ({r['seconds']:.0f}s, {r['n_toy_based']} toy-based)")
+        print(f"{scale:>6.3g} {r['n_events']:>8.0f} {r['b_sr']:>8.1f} {f['1']:>7.4f}±{e['1']:.4f} "
+              f"{f['2']:>8.4f}±{e['2']:.4f} {f['3']:>9.5f}±{e['3']:.5f} {cov:>9}   "
+              f"({'within' if r['within_3_sigma'] else 'OUTSIDE'} 3 sigma; {r['seconds']:.0f}s, "
+              f"{r['n_toy_based']} toy-based, {r['n_fit_failed']} fits failed)")
+        if r["frac_z_gt_oracle"]:
+            o = r["frac_z_gt_oracle"]
+            print(f"{'oracle':>6} {'':>8} {'':>8} {o['1']:>7.4f}{'':>7} {o['2']:>8.4f}{'':>7} {o['3']:>9.5f}")
+    power = []
+    if args.power_signal:
+        print(f"power: B(SR) = {args.power_b:g}, signal at 3.5 TeV, {args.n_power} pseudo-experiments each; "
+              f"oracle = pseudo-experiments from the true background")
+        print(f"{'S':>5} {'S(SR)':>6} {'median Z':>9} {'oracle':>7} {'asympt.':>8} {'median diff':>12}")
+        power = run_power(args, truth, edges, sr_bins, rng)
+        for p in power:
+            print(f"{p['signal']:>5g} {p['signal_in_sr']:>6.1f} {p['median_z']:>9.2f} {p['median_z_oracle']:>7.2f} "
+                  f"{p['median_z_asymptotic']:>8.2f} {p['median_difference']:>+12.2f}   "
+                  f"({'within' if p['within_0.3'] else 'OUTSIDE'} 0.3 of the oracle; n = {p['n_pseudo']}, {p['seconds']:.0f}s)")
     if args.json:
-        first = out[0]
-        doc = {"n_pseudo": first["n_pseudo"], "frac_z_gt": first["frac_z_gt"],
-               "limit_coverage": first["limit_coverage"], "truth": what, "p_value": args.p_value,
-               "n_params": list(args.n_params), "by_scale": out}
+        first = out[0] if out else {}
+        doc = {"n_pseudo": first.get("n_pseudo"), "frac_z_gt": first.get("frac_z_gt"),
+               "limit_coverage": first.get("limit_coverage"), "truth": what, "p_value": args.p_value,
+               "n_params": list(args.n_params), "by_scale": out, "power": power}
         Path(args.json).write_text(json.dumps(doc, indent=2))
     return 0
 

@@ -78,7 +78,7 @@ def _toy_significance(sig, edges, counts, sr_bins, *, bkg: _Background, fit: Fit
                 "p_value_method": "asymptotic (no pseudo-experiments for the gp background)"}
     n_obs = int(counts[sr_bins].sum())
     toy = toy_p_value(edges, counts, ~sr_bins, sr_bins, float(z_on_off(n_obs, bkg.b, bkg.sigma)),
-                      int(stats_cfg.local_toys), seed=seed, n_params_options=tuple(fit.n_params),
+                      n_toys=int(stats_cfg.local_toys), seed=seed, n_params_options=tuple(fit.n_params),
                       alpha=fit.ftest_alpha)
     out = {"p0_toys": toy}
     if toy["bound"] and sig.z_local > toy["z"]:

@@ -86,7 +86,7 @@ class FrateKernel(Kernel):
     Inputs are (n, 1) masses in TeV; ``x0`` is fixed (not a hyperparameter).
     """
 
-    def __init__(self, amplitude=1.0, decay=1.0, length_slope=0.3, x0=0.0, amplitude_bounds=(1e-5, 1e5),
+    def __init__(self, *, amplitude=1.0, decay=1.0, length_slope=0.3, x0=0.0, amplitude_bounds=(1e-5, 1e5),
                  decay_bounds=(1e-2, 1e2), length_slope_bounds=(0.1, 2.0)):
         self.amplitude = amplitude
         self.decay = decay

@@ -1,11 +1,13 @@
 """pyhf statistics of one signal-region counting experiment.
 
 The predicted SR background and its uncertainty (:mod:`.fits`) enter a one-bin pyhf model
-in which the background uncertainty is a Poisson-constrained nuisance parameter
-(``shapesys``); pyhf gives the discovery significance (q0) and the CLs upper limit on
-signal events. At small backgrounds the local p-value comes from pseudo-experiments of the
-whole background procedure (:mod:`.toys`). The look-elsewhere effect is in
-:mod:`.lee`.
+(``pyhf.simplemodels.uncorrelated_background``: the background uncertainty is a
+Poisson-constrained nuisance parameter, ``shapesys``); pyhf gives the discovery significance
+(q0) and the CLs upper limits on signal events at the requested confidence level: observed,
+and expected with its +-1 and +-2 sigma band. Nothing here changes pyhf's global state (no
+``set_backend``: pyhf's default numpy backend, POI bounds and starting values passed per
+call). At small backgrounds the local p-value comes from pseudo-experiments of the whole
+background procedure (:mod:`.toys`). The look-elsewhere effect is in :mod:`.lee`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SignificanceResult:
-    """pyhf results of one counting experiment in the signal region."""
+    """pyhf results of one counting experiment in the signal region.
+
+    Limits are CLs upper limits on signal events in the SR at confidence level ``cl``:
+    ``upper_limit`` observed, ``upper_limit_expected`` the median expected under background
+    only, ``upper_limit_expected_band`` the expected limits at -2, -1, 0, +1, +2 standard
+    deviations of the background-only distribution (increasing; the middle one is the median).
+    """
 
     n_observed: int
     b_expected: float
@@ -39,40 +47,71 @@ class SignificanceResult:
     upper_limit_expected: float
     status: str = "ok"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    upper_limit_expected_band: tuple[float, float, float, float, float] = (float("nan"),) * 5
 
 
-def _model(b: float, sigma_b: float, s0: float, mu_max: float):
+def _model(b: float, sigma_b: float, s0: float):
+    """One-bin pyhf model: signal ``s0`` x mu on background ``b`` with a Poisson-constrained
+    uncertainty ``sigma_b`` (``pyhf.simplemodels.uncorrelated_background``: shapesys), or no
+    nuisance parameter where ``sigma_b`` is negligible (shapesys needs sigma_b > 0)."""
     import pyhf
 
-    pyhf.set_backend("numpy")
-    bkg = {"name": "background", "data": [b], "modifiers": []}
     if sigma_b > 1e-6 * max(b, 1.0):
-        bkg["modifiers"].append({"name": "bkg_fit", "type": "shapesys", "data": [sigma_b]})
-    spec = {
-        "channels": [
-            {
-                "name": "sr",
-                "samples": [
-                    {"name": "signal", "data": [s0],
-                     "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-                    bkg,
-                ],
-            }
-        ],
-        "parameters": [{"name": "mu", "bounds": [[0.0, mu_max]], "inits": [0.0]}],
-    }
+        return pyhf.simplemodels.uncorrelated_background([s0], [b], [sigma_b], validate=False)
+    spec = {"channels": [{"name": "sr", "samples": [
+        {"name": "signal", "data": [s0], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+        {"name": "background", "data": [b], "modifiers": []}]}]}
     return pyhf.Model(spec, poi_name="mu", validate=False)
+
+
+def _fit_options(model, mu_max: float) -> dict:
+    """hypotest keyword arguments: POI bounded to [0, mu_max] and started at 0 (no global state)."""
+    poi = model.config.poi_index
+    bounds = [list(b) for b in model.config.suggested_bounds()]
+    bounds[poi] = [0.0, float(mu_max)]
+    init = list(model.config.suggested_init())
+    init[poi] = 0.0
+    return {"par_bounds": bounds, "init_pars": init}
+
+
+def _limits(data, model, level: float, lo: float, hi: float, mu_max: float):
+    """Observed and expected (-2..+2 sigma) CLs limits on mu at CLs = ``level``.
+
+    pyhf's ``upper_limit(scan=None)`` ignores ``level`` (it always finds CLs = 0.05,
+    scikit-hep/pyhf#2563) and brackets from the model's suggested bounds, so the root finder
+    it wraps (``toms748_scan``) is called directly with the level and the bracket.
+    """
+    from pyhf.infer.intervals.upper_limits import toms748_scan
+
+    obs, exp = toms748_scan(data, model, lo, hi, level=level, **_fit_options(model, mu_max))
+    return float(obs), [float(e) for e in exp]
+
+
+def _grid_limits(data, model, level: float, scan: np.ndarray):
+    """The same limits from a grid of POI values (linear interpolation of CLs); None if the grid
+    does not bracket every limit."""
+    from pyhf.infer.intervals.upper_limits import linear_grid_scan
+
+    obs, exp = linear_grid_scan(data, model, scan, level=level, **_fit_options(model, float(scan[-1])))
+    values = [float(obs)] + [float(e) for e in exp]
+    if all(np.isfinite(v) and scan[0] < v < scan[-1] for v in values):
+        return values[0], values[1:]
+    return None
 
 
 def discovery_and_limit(n_obs: int, b: float, sigma_b: float, cl: float = 0.95,
                         limit: bool = True) -> SignificanceResult:
-    """Discovery Z (q0, asymptotic) and CLs upper limit on signal events, with pyhf.
+    """Discovery Z (q0, asymptotic) and CLs upper limits on signal events, with pyhf.
 
     The signal template is normalised to ``s0 = max(1, sqrt(b))`` events so that the POI
-    stays of order one; the limit is reported in events (``mu * s0``).
+    stays of order one; limits are reported in events (``mu * s0``): observed, median
+    expected and the expected band (-2, -1, 0, +1, +2 sigma). Uses pyhf's current backend
+    (numpy by default) and changes no global pyhf state.
     """
     import pyhf
 
+    if not 0.0 < cl < 1.0:
+        raise ValueError(f"confidence level cl={cl!r} must lie strictly between 0 and 1 (e.g. 0.95)")
     notes: list[str] = []
     b_used = max(float(b), 1e-3)
     if b_used != b:
@@ -80,39 +119,44 @@ def discovery_and_limit(n_obs: int, b: float, sigma_b: float, cl: float = 0.95,
     sigma_b = float(max(sigma_b, 0.0))
     s0 = max(1.0, float(np.sqrt(b_used)))
     reach = max(float(n_obs) - b_used, 0.0) + 10.0 * np.sqrt(b_used + sigma_b**2 + n_obs + 1.0) + 10.0
-    mu_max = reach / s0
-    model = _model(b_used, sigma_b, s0, mu_max)
+    mu_reach = reach / s0  # above every limit: the root finder's upper bracket
+    mu_max = 100.0 * mu_reach  # the POI's bound in the fits, room for the bracket to widen
+    model = _model(b_used, sigma_b, s0)
     data = [float(n_obs)] + model.config.auxdata
     status = "ok"
     z, p0 = float("nan"), float("nan")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            p0 = float(pyhf.infer.hypotest(0.0, data, model, test_stat="q0"))
+            p0 = float(pyhf.infer.hypotest(0.0, data, model, test_stat="q0", **_fit_options(model, mu_max)))
         z = float(stats.norm.isf(p0)) if p0 < 0.5 else 0.0
     except Exception as exc:  # pyhf raises FailedMinimization and numpy errors
         status = "q0 fit failed"
         notes.append(f"hypotest(q0): {exc.__class__.__name__}: {exc}")
-    ul_obs, ul_exp = float("nan"), float("nan")
-    # First a root-finding scan over the POI bounds; if that fails (e.g. CLs undefined at
-    # mu = 0 for n = 0), an explicit grid that avoids mu = 0, widened if it is too short.
-    scans = [None] + [np.linspace(mu_max * f / 400.0, mu_max * f, 161) for f in (1.0, 3.0)] if limit else []
-    for attempt, scan in enumerate(scans):
-        try:
-            if scan is not None:
-                model = _model(b_used, sigma_b, s0, float(scan[-1]))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                obs, exp = pyhf.infer.intervals.upper_limits.upper_limit(data, model, scan=scan, level=1.0 - cl)
-            ul_obs, ul_exp = float(obs) * s0, float(exp[2]) * s0
-            if np.isfinite(ul_obs) and (scan is None or float(obs) < scan[-1]):  # scan is in POI units
-                break
-            notes.append(f"upper_limit attempt {attempt + 1}: limit {ul_obs:g} not bracketed")
-        except Exception as exc:
-            notes.append(f"upper_limit attempt {attempt + 1}: {exc.__class__.__name__}: {exc}")
-        ul_obs, ul_exp = float("nan"), float("nan")
-    else:
-        if limit:
+    ul_obs, band = float("nan"), [float("nan")] * 5
+    if limit:
+        level = 1.0 - cl
+        # First root finding (toms748) between mu_reach/400 and mu_reach; if that fails (e.g. CLs
+        # undefined near mu = 0), an explicit grid that avoids mu = 0, widened if it is too short.
+        attempts = [("root finding", None)] + [(f"grid to {f:g}x", np.linspace(mu_reach * f / 400.0, mu_reach * f, 161))
+                                              for f in (1.0, 3.0)]
+        for name, scan in attempts:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    if scan is None:
+                        found = _limits(data, model, level, mu_reach / 400.0, mu_reach, mu_max)
+                    else:
+                        found = _grid_limits(data, model, level, scan)
+            except Exception as exc:  # pyhf/scipy: failed fits, brackets without a sign change
+                notes.append(f"upper limit ({name}): {exc.__class__.__name__}: {exc}")
+                continue
+            if found is None or not all(np.isfinite([found[0], *found[1]])):
+                notes.append(f"upper limit ({name}): not bracketed")
+                continue
+            ul_obs, band = found[0] * s0, [e * s0 for e in found[1]]
+            break
+        else:
             status = "limit failed" if status == "ok" else status + "; limit failed"
     return SignificanceResult(
         n_observed=int(n_obs),
@@ -121,9 +165,10 @@ def discovery_and_limit(n_obs: int, b: float, sigma_b: float, cl: float = 0.95,
         z_local=z,
         p0=p0,
         upper_limit=ul_obs,
-        upper_limit_expected=ul_exp,
+        upper_limit_expected=band[2],
         status=status,
         notes=tuple(notes),
+        upper_limit_expected_band=tuple(float(e) for e in band),
     )
 
 

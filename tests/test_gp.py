@@ -137,7 +137,7 @@ def test_unusable_input_is_a_value_error(change, match):
 
 
 def test_kernel_gradient_matches_finite_differences():
-    k = FrateKernel(2.0, 0.7, 0.3, x0=1.0)
+    k = FrateKernel(amplitude=2.0, decay=0.7, length_slope=0.3, x0=1.0)
     X = np.linspace(1.0, 6.0, 9)[:, None]
     _, grad = k(X, eval_gradient=True)
     for i in range(len(k.theta)):

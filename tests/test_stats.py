@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 from scipy import stats
-
 from sideband.pipeline.fits import SQRT_S, fit_dijet, fit_dijet_ftest, make_edges
 from sideband.pipeline.stats import discovery_and_limit
 
@@ -86,7 +85,7 @@ def test_on_off_formula_matches_pyhf():
     from sideband.pipeline.stats import z_on_off
 
     for n, b, s in [(130, 100.0, 10.0), (20, 5.0, 2.0), (10_300, 10_000.0, 50.0), (3, 5.0, 1.0)]:
-        assert float(z_on_off(n, b, s)) == pytest.approx(discovery_and_limit(n, b, s).z_local, abs=2e-3)
+        assert float(z_on_off(n, b, s)) == pytest.approx(discovery_and_limit(n, b, s, limit=False).z_local, abs=2e-3)
     # a negligible uncertainty gives the known-background formula (no cancellation at tiny sigma_b)
     for n, b in [(17_700, 17_477.0), (40, 30.0)]:
         exact = np.sqrt(2 * (n * np.log(n / b) - (n - b)))
@@ -128,25 +127,78 @@ def test_batched_prediction_is_the_same_procedure(scale):
 
     edges, sr, expected, toys = _four_param_toys(scale, 40, seed=11)
     start = {p: fit_dijet(edges, expected, ~sr, p).params for p in (4, 5)}
-    b, s = predict_background_batch(edges, toys, ~sr, sr, start)
+    b, s = predict_background_batch(edges, toys, ~sr, sr, start=start)
     for i, c in enumerate(toys):
         ref = predict_background(edges, c, ~sr, sr)
         assert b[i] == pytest.approx(ref.b, rel=1e-5)
         assert s[i] == pytest.approx(ref.sigma, rel=1e-4)
 
 
-def test_toy_p_value_matches_asymptotics_at_large_counts_and_is_reproducible():
-    from sideband.pipeline.toys import toy_p_value
+@pytest.mark.parametrize("cl", [0.90, 0.95])
+def test_cls_band_follows_the_gaussian_formula(cl):
+    # n = b, large known b: the CLs limit at N standard deviations of the background-only
+    # expectation is sigma (Phi^-1(1 - alpha Phi(N)) + N), alpha = 1 - cl (Cowan et al. 2011, eq. 89);
+    # the observed limit equals the median there.
+    r = discovery_and_limit(10_000, 10_000.0, 1e-9, cl=cl)
+    alpha = 1.0 - cl
+    formula = [100.0 * (stats.norm.isf(alpha * stats.norm.cdf(k)) + k) for k in (-2, -1, 0, 1, 2)]
+    assert r.upper_limit_expected_band == pytest.approx(formula, rel=0.03)
+    assert r.upper_limit_expected == r.upper_limit_expected_band[2]
+    assert r.upper_limit == pytest.approx(formula[2], rel=0.02)
 
-    edges, sr, _, toys = _four_param_toys(1.0, 1, seed=12)
-    counts = toys[0]
-    r = toy_p_value(edges, counts, ~sr, sr, 1.5, n_toys=4000, seed=1, enough=10**9)
-    assert r["n_toys"] == 4000 and not r["bound"]
-    # ~3e4 events in the SR: the asymptotic formula holds, p = P(Z > 1.5) within 4 binomial errors
-    assert r["p0"] == pytest.approx(stats.norm.sf(1.5), abs=4 * np.sqrt(0.067 * 0.933 / 4000))
-    assert toy_p_value(edges, counts, ~sr, sr, 1.5, n_toys=4000, seed=1, enough=10**9) == r
-    far = toy_p_value(edges, counts, ~sr, sr, 9.0, n_toys=1000, seed=1)
-    assert far["bound"] and far["p0"] == pytest.approx(1e-3) and far["z"] == pytest.approx(stats.norm.isf(1e-3))
-    assert toy_p_value(edges, counts, ~sr, sr, 0.0)["p0"] == 1.0  # no excess: nothing to compute
-    # stops early once enough pseudo-experiments reach a small Z
-    assert toy_p_value(edges, counts, ~sr, sr, 0.2, n_toys=10_000, seed=1)["n_toys"] == 500
+
+@pytest.mark.parametrize("n_obs,b,sigma_b", [(42, 4.3, 2.5), (144, 54.2, 8.4), (0, 3.0, 0.5), (5, 5.0, 2.0),
+                                             (0, 0.0, 0.0), (17436, 17523.44208577393, 131.5), (750, 604.8, 25.1)])
+def test_observed_limit_moves_with_cl_and_band_is_ordered(n_obs, b, sigma_b):
+    # pyhf's upper_limit(scan=None) ignores its level (scikit-hep/pyhf#2563): stats.cl must not
+    loose, tight = discovery_and_limit(n_obs, b, sigma_b, cl=0.90), discovery_and_limit(n_obs, b, sigma_b, cl=0.95)
+    for r in (loose, tight):
+        band = r.upper_limit_expected_band
+        assert r.status == "ok" and np.all(np.isfinite(band)) and np.isfinite(r.upper_limit)
+        assert 0 < band[0] <= band[1] <= band[2] <= band[3] <= band[4]
+    assert loose.upper_limit < 0.99 * tight.upper_limit
+    assert all(a < 0.99 * c for a, c in zip(loose.upper_limit_expected_band, tight.upper_limit_expected_band))
+    assert loose.z_local == tight.z_local  # the discovery test does not depend on the CL
+
+
+def test_a_strong_excess_gives_an_observed_limit_above_the_expected_band():
+    r = discovery_and_limit(42, 4.3, 2.5)
+    assert r.upper_limit > r.upper_limit_expected_band[4] and r.upper_limit > 42 - 4.3 - 2 * 2.5
+
+
+def test_statistics_change_no_global_pyhf_state(monkeypatch):
+    import pyhf
+
+    before = pyhf.get_backend()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("library code called pyhf.set_backend")
+
+    monkeypatch.setattr(pyhf, "set_backend", refuse)
+    r = discovery_and_limit(150, 100.0, 15.0)
+    discovery_and_limit(3, 1.0, 1e-9)  # the model without a nuisance parameter too
+    assert np.isfinite(r.upper_limit) and r.z_local > 0
+    after = pyhf.get_backend()
+    assert after[0] is before[0] and after[1] is before[1]
+
+
+def test_invalid_confidence_level_is_refused():
+    with pytest.raises(ValueError, match="cl=1.5"):
+        discovery_and_limit(10, 5.0, 1.0, cl=1.5)
+
+
+def test_limit_plot_draws_bands_and_blind_rows(tmp_path):
+    from sideband.pipeline.limitplot import plot_limits
+
+    rows = []
+    for lo in (3000, 3400, 3800):
+        for det, sel in (("none", 1.0), ("cwola", 0.1), ("cwola", 0.01)):
+            r = discovery_and_limit(40, 30.0, 4.0)
+            rows.append({"window": f"{lo}-{lo + 400}", "sr": [lo, lo + 400], "detector": det, "selection": sel,
+                         "upper_limit": None if lo == 3400 else r.upper_limit,  # one blind window
+                         "upper_limit_expected": r.upper_limit_expected,
+                         "upper_limit_expected_band": list(r.upper_limit_expected_band)})
+    path = plot_limits(rows, tmp_path / "plots" / "limits.png")
+    assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no row has an expected limit"):
+        plot_limits([dict(rows[0], upper_limit_expected=None)], tmp_path / "x.png")
