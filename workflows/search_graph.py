@@ -29,7 +29,7 @@ __all__ = ["build_search_graph", "decide_device", "NODE_VERSION", "STATS_VERSION
 #: Bumped whenever node outputs change meaning or format, so stale caches are not reused.
 NODE_VERSION = 2
 #: Bumped when the statistics change: statistics nodes rerun, trained models are reused.
-STATS_VERSION = 4
+STATS_VERSION = 5
 
 
 def decide_device(compute: ComputeConfig) -> str:
