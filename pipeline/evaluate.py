@@ -22,12 +22,10 @@ from .cache import cache_key
 from .config import FitConfig, StatsConfig
 from .records import EventTable, TestResult, WindowScores, WindowTests
 from .regions import Window
-from .table import read_table
+from .table import read_table, table_columns
+from .verdict import FIT_P_MIN
 
-__all__ = ["evaluate_window", "node_seed", "POOR_FIT_P"]
-
-#: Sideband fits with a chi2 p-value below this are flagged (table, verdict, results.json).
-POOR_FIT_P = 0.01
+__all__ = ["evaluate_window", "node_seed"]
 
 
 def node_seed(*parts) -> int:
@@ -101,8 +99,8 @@ def _test(base: TestResult, edges, counts, sr_bins, *, fit: FitConfig, stats_cfg
         return dataclasses.replace(base, status=f"fit failed: {exc}", flags=("fit failed",)), None
     flags = []
     p_fit = bkg.fit_summary.get("p_value")
-    if p_fit is not None and np.isfinite(p_fit) and p_fit < POOR_FIT_P:
-        flags.append(f"fit p < {POOR_FIT_P:g} (chi2 {bkg.fit_summary['chi2']:.1f}/{bkg.fit_summary['ndf']})")
+    if p_fit is not None and np.isfinite(p_fit) and p_fit < FIT_P_MIN:
+        flags.append(f"fit p < {FIT_P_MIN:g} (chi2 {bkg.fit_summary['chi2']:.1f}/{bkg.fit_summary['ndf']})")
     if not bkg.converged:
         flags.append("fit not converged")
     fields = dict(bkg.extra, flags=tuple(flags), n_expected_sr=bkg.b, n_expected_sr_unc=bkg.sigma, fit=bkg.fit_summary,
@@ -138,7 +136,7 @@ def evaluate_window(table: EventTable, scores: WindowScores | None, *, window: W
     """Every selection's test for one (window, detector); ``scores`` None is the inclusive test."""
     from .fits import make_edges
 
-    cols = ["mjj"] + (["label"] if "label" in _columns(table) else [])
+    cols = ["mjj"] + (["label"] if "label" in table_columns(table) else [])
     events = read_table(table, cols)
     m = events["mjj"].to_numpy()
     w = window
@@ -174,9 +172,3 @@ def evaluate_window(table: EventTable, scores: WindowScores | None, *, window: W
         training={"window": w.name, "detector": detector, "folds": histories} if histories else None,
         metrics=_detector_metrics(score, m, truth, w, detector) if scores is not None and not blind else None,
         model_paths=tuple(scores.model_paths) if scores is not None else ())
-
-
-def _columns(table: EventTable) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return pq.read_schema(table.path).names

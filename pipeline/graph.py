@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .exceptions import SidebandUserError
 from .records import load_record, save_record
 
 __all__ = ["Ref", "Node", "Graph", "NodeDone", "GraphInterrupted", "run_graph", "execute_node"]
@@ -205,8 +206,6 @@ def _run_here(nodes: list[Node], final: str, retries: int, report) -> Any:
                 results[node.key] = execute_node(node.func, node.cache, _resolve(node.kwargs, results))
                 break
             except Exception as exc:  # noqa: BLE001 - user errors are not retried
-                from .exceptions import SidebandUserError
-
                 if isinstance(exc, SidebandUserError) or attempt == retries:
                     raise
                 log.warning("node %s failed (%s: %s); retrying", node.key, type(exc).__name__, exc)

@@ -41,6 +41,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from .stats import z_on_off_counts
+
 __all__ = ["global_significance"]
 
 H = 0.01  #: spacing of the thresholds on which crossings are counted
@@ -89,26 +91,6 @@ def _model(tests: list[dict]) -> dict:
     return {"b": b, "tau": b / sb**2, "order": [i for i, _ in nest], "parent": parent}
 
 
-def _z_counts(n, m, tau):
-    """On/off Z of SR counts ``n`` and sideband counts ``m`` with ratio ``tau`` (vectorised).
-
-    Cowan's profile-likelihood formula: the same number as ``stats.z_on_off(n, m / tau,
-    sqrt(m) / tau)`` for m >= 1, and its m -> 0 limit sqrt(2 n ln(1 + tau)) for m = 0.
-    """
-    n = np.asarray(n, dtype=np.float64)
-    m = np.asarray(m, dtype=np.float64)
-    s = np.maximum(n + m, 1.0)
-    d = n * tau - m  # > 0: an excess over the sideband estimate m / tau
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t2 = m * np.log1p(-d / (tau * s))
-        t2[m == 0] = 0.0
-        z2 = n * np.log1p(d / s)
-        z2 += t2
-    z2[d <= 0] = 0.0
-    z2 *= 2.0
-    return np.sqrt(np.maximum(z2, 0.0, out=z2), out=z2)
-
-
 def _draw(rng: np.random.Generator, model: dict, size: int) -> np.ndarray:
     """Local Z of every test in ``size`` background-only pseudo-experiments, shape (size, tests).
 
@@ -121,7 +103,7 @@ def _draw(rng: np.random.Generator, model: dict, size: int) -> np.ndarray:
     for i in model["order"]:
         p = parent[i]
         n[:, i] = rng.poisson(b[i], size) if p < 0 else rng.binomial(n[:, p], min(b[i] / b[p], 1.0))
-    return _z_counts(n, rng.poisson(b * tau, size=n.shape), tau)
+    return z_on_off_counts(n, rng.poisson(b * tau, size=n.shape), tau)
 
 
 def _crossings(z: np.ndarray, parent: np.ndarray) -> np.ndarray:

@@ -102,7 +102,7 @@ class WindowScores:
     histories: tuple = ()
     model_paths: tuple = ()
 
-    _paths: ClassVar[tuple[str, ...]] = ()
+    _paths: ClassVar[tuple[str, ...]] = ("model_paths",)
 
 
 @_register
@@ -141,7 +141,6 @@ class TestResult:
     #: Warnings a reader must see: "fit p < 0.01 (...)", "fit failed", "fit not converged", ...
     flags: tuple[str, ...] = ()
 
-    _paths: ClassVar[tuple[str, ...]] = ()
     __test__: ClassVar[bool] = False  # not a pytest test class
 
     def to_dict(self) -> dict:
@@ -162,18 +161,15 @@ class WindowTests:
     metrics: dict | None = None
     model_paths: tuple = ()
 
-    _paths: ClassVar[tuple[str, ...]] = ()
+    _paths: ClassVar[tuple[str, ...]] = ("model_paths",)
 
 
 # ----------------------------------------------------------------------------- storage
 def _rel(value: str | None, base: Path) -> str | None:
     if value is None:
         return None
-    p = Path(value)
-    try:
-        return os.path.relpath(p.resolve(), base.resolve()) if p.resolve().is_relative_to(base.resolve()) else str(p)
-    except (OSError, ValueError):
-        return str(p)
+    p, b = Path(value).resolve(), base.resolve()
+    return os.path.relpath(p, b) if p.is_relative_to(b) else str(value)
 
 
 def _abs(value: str | None, base: Path) -> str | None:
@@ -227,11 +223,15 @@ def _build(cls, values: dict):
 
 
 def _with_paths(record, convert, base: Path):
-    names = [n for n in getattr(type(record), "_paths", ()) if getattr(record, n, None) is not None]
-    changes = {n: convert(getattr(record, n), base) for n in names}
-    for n in ("model_paths",):
-        if hasattr(record, n) and getattr(record, n):
-            changes[n] = tuple(convert(p, base) for p in getattr(record, n))
+    """``record`` with ``convert(path, base)`` applied to its path fields (``_paths``: a path, or a
+    tuple of paths)."""
+    changes = {}
+    for name in getattr(type(record), "_paths", ()):
+        value = getattr(record, name)
+        if isinstance(value, tuple):
+            changes[name] = tuple(convert(v, base) for v in value)
+        elif value is not None:
+            changes[name] = convert(value, base)
     return dataclasses.replace(record, **changes) if changes else record
 
 

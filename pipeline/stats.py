@@ -23,6 +23,7 @@ __all__ = [
     "SignificanceResult",
     "discovery_and_limit",
     "z_on_off",
+    "z_on_off_counts",
 ]
 
 log = logging.getLogger(__name__)
@@ -180,14 +181,29 @@ def z_on_off(n_obs, b, sigma_b):
     m ln(m (1+tau) / (tau (n+m)))]) for n > m / tau, else 0 (Cowan, "Discovery sensitivity
     for a counting experiment with background uncertainty", 2012).
     """
-    n = np.asarray(n_obs, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     s2 = np.maximum(np.asarray(sigma_b, dtype=np.float64) ** 2, 1e-12 * np.maximum(b, 1.0))
     tau = b / s2
-    m = b * tau
+    return z_on_off_counts(n_obs, b * tau, tau)
+
+
+def z_on_off_counts(n, m, tau):
+    """:func:`z_on_off` in the counts of the on/off problem: SR count ``n``, auxiliary (sideband)
+    count ``m`` and ratio ``tau`` (vectorised). With m = 0 it is the limit sqrt(2 n ln(1 + tau)).
+
+    Written with log1p (the logarithms' arguments approach 1 for small background uncertainties)
+    and in place (the look-elsewhere pseudo-experiments call it on millions of counts).
+    """
+    n, m, tau = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (n, m, tau)))
+    shape = n.shape
+    n, m, tau = (np.atleast_1d(v) for v in (n, m, tau))
+    s = np.maximum(n + m, 1.0)
+    d = n * tau - m  # > 0: an excess over the auxiliary estimate m / tau
     with np.errstate(divide="ignore", invalid="ignore"):
-        # the two logarithms written with log1p: their arguments approach 1 for small sigma_b
-        t1 = np.where(n > 0, n * np.log1p(tau * (n - b) / (n + m)), 0.0)
-        t2 = m * np.log1p((b - n) / (n + m))
-        z = np.sqrt(np.maximum(2 * (t1 + t2), 0.0))
-    return np.where(n > m / tau, z, 0.0)
+        t2 = m * np.log1p(-d / (tau * s))
+        t2[m == 0] = 0.0
+        z2 = n * np.log1p(d / s)
+        z2 += t2
+    z2[d <= 0] = 0.0
+    z2 *= 2.0
+    return np.sqrt(np.maximum(z2, 0.0, out=z2), out=z2).reshape(shape)

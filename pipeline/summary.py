@@ -28,7 +28,8 @@ def write_run(outputs: list[WindowTests], table: EventTable, *, meta: dict, out_
     from .report import plot_spectra, write_html_report, write_results
 
     out = Path(out_dir)
-    rows = [r.to_dict() for o in outputs for r in o.rows]
+    per_output = [[r.to_dict() for r in o.rows] for o in outputs]
+    rows = [r for output_rows in per_output for r in output_rows]
     lee = None
     if not meta.get("blinded", True):
         trials = [r for r in rows if r["detector"] not in ceilings]
@@ -37,7 +38,7 @@ def write_run(outputs: list[WindowTests], table: EventTable, *, meta: dict, out_
         for r in excluded:  # a failed test is not a trial of the maximum, and says so
             r["flags"] = [*r["flags"], "not in the look-elsewhere maximum (no background prediction)"]
         lee["excluded"] = [f"{r['detector']} {r['selection']:g} {r['window']}: {r['status']}" for r in excluded]
-    shown = [{"rows": [r.to_dict() for r in o.rows], "spectra": list(o.spectra)} for o in outputs]
+    shown = [{"rows": output_rows, "spectra": list(o.spectra)} for output_rows, o in zip(per_output, outputs)]
     plots = plot_spectra(shown, out / "plots")
     metrics = [o.metrics | {"ceiling": o.metrics["detector"] in ceilings} for o in outputs if o.metrics]
     write_json(out / "training.json", [o.training for o in outputs if o.training])

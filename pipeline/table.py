@@ -12,7 +12,7 @@ from .config import DataConfig
 from .exceptions import InputFileError, RegionError
 from .records import EventTable
 
-__all__ = ["demo_data_path", "load_table", "data_identity", "read_table", "TABLE_VERSION"]
+__all__ = ["demo_data_path", "load_table", "data_identity", "read_table", "table_columns", "TABLE_VERSION"]
 
 #: Bumped whenever the table's meaning changes, so stale caches are not reused.
 TABLE_VERSION = 1
@@ -44,6 +44,13 @@ def data_identity(data: DataConfig) -> dict:
 def read_table(table: EventTable, columns: list[str] | None = None) -> pd.DataFrame:
     """The events of ``table`` (only ``columns`` when given)."""
     return pd.read_parquet(table.path, columns=columns)
+
+
+def table_columns(table: EventTable) -> list[str]:
+    """The columns of ``table`` (from the Parquet schema; no data read)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(table.path).names
 
 
 def _check_regions(path: str, events: pd.DataFrame, signal_regions) -> None:

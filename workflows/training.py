@@ -21,7 +21,7 @@ from sideband.pipeline.evaluate import node_seed
 from sideband.pipeline.exceptions import ConfigError, RegionError
 from sideband.pipeline.records import EventTable, FoldScores, SidebandStage
 from sideband.pipeline.regions import Window, assign_folds, check_window_counts
-from sideband.pipeline.table import read_table
+from sideband.pipeline.table import read_table, table_columns
 
 __all__ = ["DetectorSpec", "fit_sideband_stage", "train_fold"]
 
@@ -105,7 +105,8 @@ def train_fold(table: EventTable, stage: SidebandStage | None, *, spec: Detector
     limit_threads(spec.threads)
     t0 = time.perf_counter()
     features = list(spec.features)
-    events = read_table(table)
+    truth = ["label"] if "label" in table_columns(table) else []
+    events = read_table(table, ["mjj", *features, *truth])  # not the whole table: the columns it needs
     m = events["mjj"].to_numpy()
     X = events[features].to_numpy(np.float32)
     source = ", ".join(s["path"] for s in table.sources)
