@@ -50,12 +50,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def one_seed(seed, args, cfg, bkg, sig, extra, names):
+def benchmark_split(seed, cfg, bkg, sig, extra, *, n_inject, features=None):
+    """One seed's data and test sets at the benchmark point (arrays of ``features``).
+
+    ``n_inject`` signal events drawn without replacement are added to the background; the
+    data are the events in ``cfg.fit.range``. Test signal: the signal events not injected, in
+    the SR; the extra QCD sample's SR events are split in two halves: the idealized
+    detector's reference (``X_ref``) and the test background (``X_bkg_test``).
+    """
     rng = np.random.default_rng(seed)
     lo, hi = cfg.regions.signal_region
     fit_lo, fit_hi = cfg.fit.range
-    feats = cfg.features
-    inj = rng.choice(len(sig), size=args.n_inject, replace=False)
+    feats = list(features or cfg.features)
+    inj = rng.choice(len(sig), size=n_inject, replace=False)
     test_sig = np.setdiff1d(np.arange(len(sig)), inj)
     data = np.concatenate([bkg[feats].to_numpy(np.float32), sig[feats].to_numpy(np.float32)[inj]])
     m = np.concatenate([bkg["mjj"].to_numpy(), sig["mjj"].to_numpy()[inj]])
@@ -68,32 +75,57 @@ def one_seed(seed, args, cfg, bkg, sig, extra, names):
     ex_sr = np.flatnonzero((em >= lo) & (em < hi))
     ex_sr = rng.permutation(ex_sr)
     half = len(ex_sr) // 2
-    X_ref = extra[feats].to_numpy(np.float32)[ex_sr[:half]]
-    X_bkg_test = extra[feats].to_numpy(np.float32)[ex_sr[half:]]
     in_sr = (m >= lo) & (m < hi)
-    n_s, n_b = int(label[in_sr].sum()), int((1 - label[in_sr]).sum())
+    return {"X": X, "m": m, "label": label, "X_sig_test": X_sig_test,
+            "X_ref": extra[feats].to_numpy(np.float32)[ex_sr[:half]],
+            "X_bkg_test": extra[feats].to_numpy(np.float32)[ex_sr[half:]],
+            "signal_region": (lo, hi), "n_signal_sr": int(label[in_sr].sum()),
+            "n_background_sr": int((1 - label[in_sr]).sum())}
+
+
+def fit_and_score(name, params, split, *, seed, min_background):
+    """Fit detector ``name`` on ``split`` (from :func:`benchmark_split`) and measure it on the test sets.
+
+    Returns max SIC (at least ``min_background`` test-background events passing), AUC, SIC at
+    20% signal efficiency, the fit's wall time and, for CATHODE, the flow's epochs and time.
+    """
+    det = make_detector(name, params, random_state=seed)
+    extra_kw = {}
+    if det.truth_kind == "labels":
+        extra_kw["y_true"] = split["label"]
+    elif det.truth_kind == "reference":
+        extra_kw["X_reference"] = split["X_ref"]
+    t0 = time.perf_counter()
+    det.fit(split["X"], split["m"], signal_region=split["signal_region"], **extra_kw)
+    wall = time.perf_counter() - t0
+    curve = sic_curve(det.score(split["X_sig_test"]), det.score(split["X_bkg_test"]), min_background)
+    info = {}
+    if hasattr(det, "flow_history_"):
+        h = det.flow_history_
+        info = {"flow_epochs": h["epochs"], "flow_s": h["seconds"], "flow_s_per_epoch": h["seconds"] / h["epochs"]}
+    return {"max_sic": curve.max_sic, "auc": curve.auc, "sic_at_0.2": curve.sic_at(0.2), "wall_s": wall, **info}
+
+
+def one_seed(seed, args, cfg, data, names):
+    bkg, sig, extra = data
+    split = benchmark_split(seed, cfg, bkg, sig, extra, n_inject=args.n_inject)
     rows = []
     for name in names:
-        det_cfg = cfg.detectors[name]
-        det = make_detector(name.removesuffix("_long"), det_cfg.params, random_state=seed)
-        extra_kw = {}
-        if det.truth_kind == "labels":
-            extra_kw["y_true"] = label
-        elif det.truth_kind == "reference":
-            extra_kw["X_reference"] = X_ref
-        t0 = time.perf_counter()
-        det.fit(X, m, signal_region=(lo, hi), **extra_kw)
-        wall = time.perf_counter() - t0
-        curve = sic_curve(det.score(X_sig_test), det.score(X_bkg_test), args.min_background)
-        info = {}
-        if hasattr(det, "flow_history_"):
-            h = det.flow_history_
-            info = {"flow_epochs": h["epochs"], "flow_s": h["seconds"], "flow_s_per_epoch": h["seconds"] / h["epochs"]}
-        rows.append({"seed": seed, "detector": name, "max_sic": curve.max_sic, "auc": curve.auc,
-                     "sic_at_0.2": curve.sic_at(0.2), "wall_s": wall, **info})
-        logging.info("seed %d %-10s max SIC %.2f AUC %.3f (%.0fs) %s", seed, name, curve.max_sic, curve.auc,
-                     wall, info)
-    return rows, {"n_signal_sr": n_s, "n_background_sr": n_b}
+        row = fit_and_score(name.removesuffix("_long"), cfg.detectors[name].params, split, seed=seed,
+                            min_background=args.min_background)
+        rows.append({"seed": seed, "detector": name, **row})
+        logging.info("seed %d %-10s max SIC %.2f AUC %.3f (%.0fs)", seed, name, row["max_sic"], row["auc"],
+                     row["wall_s"])
+    return rows, {"n_signal_sr": split["n_signal_sr"], "n_background_sr": split["n_background_sr"]}
+
+
+def load_benchmark_data(data_dir, signal, cache):
+    """The R&D background, the independent extra QCD sample and the signal as event tables."""
+    d = Path(data_dir)
+    bkg, _ = load_events(d / "qcd_features.h5", cache_dir=cache)
+    extra, _ = load_events(d / "qcd_extra_features.h5", cache_dir=cache)
+    sig, _ = load_events(d / signal, cache_dir=cache)
+    return bkg, sig, extra
 
 
 def sculpting(cfg, args, names):
@@ -130,12 +162,10 @@ def main(argv=None):
         flow["patience"] = 5 * int(flow.get("patience", 10))
         cfg.detectors["cathode_long"] = base.model_copy(update={"params": base.params | {"flow_params": flow}})
         names.append("cathode_long")
-    bkg, _ = load_events(d / "qcd_features.h5", cache_dir=args.cache)
-    extra, _ = load_events(d / "qcd_extra_features.h5", cache_dir=args.cache)
-    sig, _ = load_events(d / args.signal, cache_dir=args.cache)
+    data = load_benchmark_data(d, args.signal, args.cache)
     all_rows, counts = [], None
     for seed in range(args.seeds):
-        rows, counts = one_seed(seed, args, cfg, bkg, sig, extra, names)
+        rows, counts = one_seed(seed, args, cfg, data, names)
         all_rows += rows
     table = []
     for name in names if all_rows else []:

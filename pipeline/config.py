@@ -108,6 +108,13 @@ class StatsConfig(_Strict):
     toys_below: float = Field(default=1000.0, ge=0)
     #: Most pseudo-experiments per toy-based p-value (fewer when 50 reach the observed Z).
     local_toys: int = Field(default=10_000, ge=100)
+    #: Signal template (LHCO features layout, signal-labelled events): each test also gets the
+    #: template's efficiency through its selection, limits on produced signal events and the
+    #: median expected discovery Z (CLI: --signal-model).
+    signal_model: str | None = None
+    #: Produced signal events for that expected Z; null: the number of events in the template
+    #: file (CLI: --signal-events).
+    signal_events: float | None = Field(default=None, gt=0)
 
     @field_validator("selections")
     @classmethod
@@ -116,6 +123,13 @@ class StatsConfig(_Strict):
         if bad:
             raise ValueError(f"selection efficiencies must lie in (0, 1], got {bad}")
         return sorted(set(v), reverse=True)
+
+    @model_validator(mode="after")
+    def _signal_events_need_a_model(self):
+        if self.signal_events is not None and self.signal_model is None:
+            raise ValueError(f"signal_events={self.signal_events:g} needs a signal template: set stats.signal_model "
+                             "(--signal-model FILE) or drop stats.signal_events")
+        return self
 
 
 #: CATHODE's flow in the default scan: lighter than the flow of benchmarks/sensitivity.py
@@ -216,14 +230,39 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _semantics(self):
         problems = []
+        # Features: any column of the event table, including a column the input file carries
+        # beyond the standard layout. Names outside FEATURE_COLUMNS are checked here against the
+        # headers of the input files that exist on this machine (no events read); the tables
+        # are checked again when loaded (sideband.pipeline.io.check_features).
         for where, feats in [("features", self.features)] + [
             (f"detectors.{n}.features", d.features) for n, d in self.detectors.items() if d.features
         ]:
-            unknown = [f for f in feats if f not in FEATURE_COLUMNS]
+            if not feats:
+                problems.append(f"{where}: empty; name at least one column, e.g. {FEATURE_COLUMNS[:4]}")
+            for name, why in (("mjj", "it defines the regions"), ("label", "it is the truth")):
+                if name in feats:
+                    problems.append(f"{where}: {name} cannot be a detector input ({why})")
+            if len(set(feats)) < len(feats):
+                problems.append(f"{where}: {sorted({f for f in feats if feats.count(f) > 1})} listed twice")
+            unknown = [f for f in feats if f not in FEATURE_COLUMNS and f not in ("mjj", "label")]
             if unknown:
-                problems.append(f"{where}: unknown feature(s) {unknown}; choose from {FEATURE_COLUMNS}")
-            if "mjj" in feats:
-                problems.append(f"{where}: mjj cannot be a detector input (it defines the regions)")
+                from .io import event_columns
+                from .table import demo_data_path
+
+                data = self.data
+                files = [(data.path or str(demo_data_path()), data.format)]
+                files += [(data.inject.path, data.inject.format)] if data.inject else []
+                files += [(data.reference, "auto")] if data.reference else []
+                for path, fmt in files:
+                    try:
+                        columns = event_columns(path, fmt, key=data.key, tree=data.tree)
+                    except Exception:  # absent or unreadable here: the reader reports it at load time
+                        continue
+                    absent = [f for f in unknown if f not in columns]
+                    if absent:
+                        choose = [c for c in columns if c not in ("mjj", "label")]
+                        problems.append(f"{where}: unknown feature(s) {absent} (not in {path}); choose from {choose}")
+                        break
         lo, hi = self.fit.range
         if lo >= hi:
             problems.append(f"fit.range: low edge {lo} must be below high edge {hi}")

@@ -41,6 +41,7 @@ class _Background:
     fit_summary: dict
     converged: bool
     extra: dict
+    model: object = None  # the fitted model (the GP's pseudo-experiments start from it)
 
 
 def _background(edges, counts, sr_bins, fit: FitConfig) -> _Background:
@@ -52,7 +53,7 @@ def _background(edges, counts, sr_bins, fit: FitConfig) -> _Background:
         pred = gp_predict(edges, counts, ~sr_bins, sr_bins, n_params_options=n_params, alpha=fit.ftest_alpha)
         summary = pred.summary()
         return _Background(pred.b, pred.sigma, np.asarray(pred.expected), summary | {"background": "gp"},
-                           bool(pred.converged), {"gp": summary})
+                           bool(pred.converged), {"gp": summary}, pred)
     from .fits import predict_background
 
     pred = predict_background(edges, counts, ~sr_bins, sr_bins, n_params, fit.ftest_alpha)
@@ -65,19 +66,20 @@ def _toy_significance(sig, edges, counts, sr_bins, *, bkg: _Background, fit: Fit
                       seed: int) -> dict:
     """Local Z and p0 from pseudo-experiments of the background procedure (fields of a TestResult).
 
-    The asymptotic values stay where no pseudo-experiments exist (gp background) or none
-    reached the observed Z (they only bound p0 then); ``p_value_method`` says which.
+    The asymptotic values stay where no pseudo-experiment reached the observed Z (they only
+    bound p0 then); ``p_value_method`` says which. The gp background's pseudo-experiments keep
+    the observed fit's hyperparameters (:func:`.toys.toy_p_value_gp`).
     """
     from .stats import z_on_off
-    from .toys import toy_p_value
+    from .toys import toy_p_value, toy_p_value_gp
 
-    if fit.background == "gp":
-        return {"z_local": sig.z_local, "p0": sig.p0,
-                "p_value_method": "asymptotic (no pseudo-experiments for the gp background)"}
     n_obs = int(counts[sr_bins].sum())
-    toy = toy_p_value(edges, counts, ~sr_bins, sr_bins, float(z_on_off(n_obs, bkg.b, bkg.sigma)),
-                      n_toys=int(stats_cfg.local_toys), seed=seed, n_params_options=tuple(fit.n_params),
-                      alpha=fit.ftest_alpha)
+    z_obs = float(z_on_off(n_obs, bkg.b, bkg.sigma))
+    if fit.background == "gp":
+        toy = toy_p_value_gp(bkg.model, z_obs, n_toys=int(stats_cfg.local_toys), seed=seed)
+    else:
+        toy = toy_p_value(edges, counts, ~sr_bins, sr_bins, z_obs, n_toys=int(stats_cfg.local_toys), seed=seed,
+                          n_params_options=tuple(fit.n_params), alpha=fit.ftest_alpha)
     out = {"p0_toys": toy}
     if toy["bound"] and sig.z_local > toy["z"]:
         return out | {"z_local": sig.z_local, "p0": sig.p0, "p_value_method":
@@ -117,6 +119,80 @@ def _test(base: TestResult, edges, counts, sr_bins, *, fit: FitConfig, stats_cfg
     return dataclasses.replace(base, **fields), bkg.expected
 
 
+@dataclass(frozen=True)
+class _SignalTemplate:
+    """A signal template in one window: which of its events lie in the SR, and their scores.
+
+    A template event passes a selection when it lies in the SR and its score exceeds the
+    threshold the data set (the same ``np.quantile(score[in_fit], 1 - eff)`` as the data
+    selection), so its efficiency is that of the very selection tested. The threshold comes
+    from every data event in the fit range, SR included, in blind runs too (as for the data
+    selection); nothing else here depends on SR data, and observed limits stay None when blind.
+    """
+
+    in_sr: np.ndarray
+    scores: np.ndarray | None
+    n_signal: float
+    note: str | None
+
+    @classmethod
+    def read(cls, template: EventTable, scores: WindowScores | None, w: Window, stats: StatsConfig):
+        mjj = read_table(template, ["mjj"])["mjj"].to_numpy()
+        n_signal = float(stats.signal_events) if stats.signal_events is not None else float(len(mjj))
+        if scores is None:  # the inclusive test: no score cut
+            return cls(w.in_sr(mjj), None, n_signal, None)
+        values = np.asarray(scores.scores, dtype=np.float64)
+        if len(values) != len(mjj):
+            raise ValueError(f"template scores hold {len(values)} events, the template {len(mjj)}")
+        note = None if scores.model_paths and np.isfinite(values).all() else (
+            "no saved fold models to score the template")
+        return cls(w.in_sr(mjj), values, n_signal, note)
+
+    def fields(self, row: TestResult, threshold: float | None) -> dict:
+        """The signal-model fields of ``row`` (a test whose data selection used ``threshold``)."""
+        n = len(self.in_sr)
+        out = {"signal_template_events": n, "signal_events": self.n_signal}
+        if self.note is not None:
+            return out | {"signal_note": self.note}
+        passed = self.in_sr if threshold is None else self.in_sr & (self.scores > threshold)
+        k = int(passed.sum())
+        eff = k / n
+        out |= {"signal_template_passed": k, "signal_efficiency": eff,
+                "signal_efficiency_unc": float(np.sqrt(eff * (1.0 - eff) / n)),
+                "signal_expected_sr": eff * self.n_signal}
+        b, sigma_b = row.n_expected_sr, row.n_expected_sr_unc
+        if b is None or sigma_b is None or not np.isfinite(b):
+            return out | {"signal_note": f"no background prediction ({row.status})"}
+        out["signal_z_expected"] = _expected_z(eff * self.n_signal, b, sigma_b)
+        if k == 0:
+            return out | {"signal_note": "no template event passes this selection in the SR (efficiency 0): "
+                                         "no limit on produced events"}
+        band = row.upper_limit_expected_band
+        return out | {"signal_upper_limit": _per_eff(row.upper_limit, eff),
+                      "signal_upper_limit_expected": _per_eff(row.upper_limit_expected, eff),
+                      "signal_upper_limit_expected_band": None if band is None else
+                      tuple(_per_eff(v, eff) for v in band)}
+
+
+def _expected_z(s: float, b: float, sigma_b: float) -> float:
+    """Median expected discovery Z of ``s`` signal events on ``b`` +- ``sigma_b``.
+
+    The discovery Z of the Asimov data set of signal + background (n = s + b, auxiliary
+    sideband count at the fitted background) in the test's own pyhf model, in its closed form
+    (:func:`.stats.z_on_off`, Cowan's formula for that model). pyhf's q0 on the same Asimov
+    data (``stats.discovery_and_limit(b + s, b, sigma_b)``) gives the same Z to 1e-8, except
+    where its p0 underflows (Z beyond about 37); the closed form has no such limit.
+    """
+    from .stats import z_on_off
+
+    return float(z_on_off(b + s, b, sigma_b))
+
+
+def _per_eff(limit: float | None, eff: float) -> float | None:
+    """A limit on SR signal events as one on produced events (None stays None, NaN becomes None)."""
+    return None if limit is None or not np.isfinite(limit) else float(limit) / eff
+
+
 def _detector_metrics(scores, m, truth, w: Window, detector: str) -> dict | None:
     """ROC/SIC of the out-of-fold scores on the SR events, where truth labels exist."""
     if truth is None:
@@ -132,8 +208,14 @@ def _detector_metrics(scores, m, truth, w: Window, detector: str) -> dict | None
 
 
 def evaluate_window(table: EventTable, scores: WindowScores | None, *, window: Window, detector: str,
-                    fit: FitConfig, stats: StatsConfig, blind: bool, seed: int) -> WindowTests:
-    """Every selection's test for one (window, detector); ``scores`` None is the inclusive test."""
+                    fit: FitConfig, stats: StatsConfig, blind: bool, seed: int, template: EventTable | None = None,
+                    template_scores: WindowScores | None = None) -> WindowTests:
+    """Every selection's test for one (window, detector); ``scores`` None is the inclusive test.
+
+    With a signal ``template`` (its events; ``template_scores``: their scores by this window's
+    fold models, calibrated like the data's) each row also gets the template's efficiency
+    through the same selection and what follows from it (:class:`_SignalTemplate`).
+    """
     from .fits import make_edges
 
     cols = ["mjj"] + (["label"] if "label" in table_columns(table) else [])
@@ -151,9 +233,11 @@ def evaluate_window(table: EventTable, scores: WindowScores | None, *, window: W
     else:
         score, selections = scores.scores, stats.selections
         wall, histories = scores.wall_s, [h for h in scores.histories if h is not None]
+    signal = _SignalTemplate.read(template, template_scores, w, stats) if template is not None else None
     rows, spectra = [], []
     for eff in selections:
-        passed = in_fit if eff >= 1.0 else in_fit & (score > np.quantile(score[in_fit], 1.0 - eff))
+        threshold = None if eff >= 1.0 else np.quantile(score[in_fit], 1.0 - eff)
+        passed = in_fit if threshold is None else in_fit & (score > threshold)
         counts, _ = np.histogram(m[passed], edges)
         base = TestResult(
             window=w.name, sr=(w.sr_lo, w.sr_hi), detector=detector, selection=float(eff),
@@ -162,6 +246,8 @@ def evaluate_window(table: EventTable, scores: WindowScores | None, *, window: W
             n_signal_sr_truth=int(np.sum(passed & in_sr & (truth > 0.5))) if truth is not None and not blind else None)
         row, expected = _test(base, edges, counts, sr_bins, fit=fit, stats_cfg=stats, blind=blind,
                               seed=node_seed(seed, w.name, detector, float(eff)))
+        if signal is not None:
+            row = dataclasses.replace(row, **signal.fields(row, threshold))
         rows.append(row)
         shown = [None if (blind and in_sr_bin) else int(c) for c, in_sr_bin in zip(counts, sr_bins)]
         spectra.append({"edges": edges.tolist(), "counts": shown,

@@ -3,6 +3,12 @@
 The canonical table is a :class:`pandas.DataFrame` of float32 columns in GeV, one row
 per event, with the columns in :data:`CANONICAL_COLUMNS` (plus ``label`` when the
 input carries truth labels). Jets are ordered by mass: ``j1`` is the lighter jet.
+
+Opt-in, the extended N-subjettiness set (Finke et al., arXiv:2309.13111): tau_N^beta for
+N = 1..9 and beta in {0.5, 1, 2}, per jet, computed from particle-level inputs
+(``substructure="extended"`` of the particle readers). In the LHCO-style jet layout the
+columns are ``tau{N}_b{beta}j{1,2}`` (pT-ordered, like ``tau1j1``); in the event table they
+are :data:`EXTENDED_COLUMNS`, ``tau{N}_b{beta}_j{1,2}`` (mass-ordered, like ``tau21_j1``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ __all__ = [
     "JET_COLUMNS",
     "CANONICAL_COLUMNS",
     "FEATURE_COLUMNS",
+    "EXTENDED_COLUMNS",
+    "SUBSTRUCTURE",
     "events_from_jets",
+    "nsubjettiness",
     "cluster_particles",
     "cluster_four_vectors",
     "jets_to_lhco_frame",
@@ -55,6 +64,19 @@ JET_MIN_PT = 20.0
 JET_MAX_ETA = 2.5
 NSUB_AXES_R = 1.5
 
+#: Substructure sets of the particle readers: tau1..3 at beta = 1 (the LHCO layout), or
+#: in addition the extended set below.
+SUBSTRUCTURE = ("standard", "extended")
+#: The extended N-subjettiness set: N = 1..EXTENDED_N_MAX for each beta.
+EXTENDED_N_MAX = 9
+EXTENDED_BETAS = (0.5, 1.0, 2.0)
+#: Per-jet names of the extended set without the jet suffix, e.g. ``tau5_b0.5``.
+EXTENDED_STEMS = [f"tau{n}_b{b:g}" for b in EXTENDED_BETAS for n in range(1, EXTENDED_N_MAX + 1)]
+#: The extended set in the jet layout (pT-ordered jets, as ``tau1j1``).
+EXTENDED_JET_COLUMNS = [f"{c}j{i}" for i in (1, 2) for c in EXTENDED_STEMS]
+#: The extended set in the event table (mass-ordered jets, as ``tau21_j1``).
+EXTENDED_COLUMNS = [f"{c}_j{i}" for c in EXTENDED_STEMS for i in (1, 2)]
+
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -65,12 +87,15 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 # inf - inf, inf**2 and float32 overflow would otherwise warn once per chunk.
 @np.errstate(invalid="ignore", over="ignore", divide="ignore")
 def events_from_jets(
-    jets: dict[str, np.ndarray], label: np.ndarray | None = None
+    jets: dict[str, np.ndarray], label: np.ndarray | None = None, extra: dict | None = None
 ) -> pd.DataFrame:
     """Build the canonical table from two jets in the LHCO feature layout.
 
     ``jets`` maps the LHCO column names (``pxj1`` ... ``tau3j2``) to arrays. The jets
     are re-ordered by mass so that ``j1`` is the lighter one; ``delta_mj = mj2 - mj1``.
+    Extended N-subjettiness columns in ``jets`` (``tau5_b0.5j1`` ...) become the mass-ordered
+    :data:`EXTENDED_COLUMNS` after the canonical ones; ``extra`` (a user's per-event columns)
+    follows unchanged (floats as float32), then ``label``.
     Non-finite ratios (e.g. ``tau1 = 0``) and non-finite inputs become NaN/inf without a
     warning; the reader counts the affected events and drops them.
     """
@@ -107,60 +132,72 @@ def events_from_jets(
     with np.errstate(divide="ignore", invalid="ignore"):
         out["eta_j1"] = np.arcsinh(_ratio(pza, out["pt_j1"]))
         out["eta_j2"] = np.arcsinh(_ratio(pzb, out["pt_j2"]))
-    frame = pd.DataFrame({c: out[c].astype(np.float32) for c in CANONICAL_COLUMNS})
+    cols = {c: out[c].astype(np.float32) for c in CANONICAL_COLUMNS}
+    for stem in EXTENDED_STEMS:
+        if f"{stem}j1" in j:
+            a, b = ordered(stem)
+            cols[f"{stem}_j1"], cols[f"{stem}_j2"] = a.astype(np.float32), b.astype(np.float32)
+    for c, v in (extra or {}).items():
+        v = np.asarray(v)
+        cols[c] = v.astype(np.float32) if v.dtype.kind == "f" else v
+    frame = pd.DataFrame(cols)
     if label is not None:
         frame["label"] = np.asarray(label, dtype=np.float32)
     return frame
 
 
-def _nsubjettiness(constituents, n_max: int = 3) -> np.ndarray:
-    """N-subjettiness tau_1..tau_n_max (beta = 1) of each jet in a jagged array.
+def nsubjettiness(constituents, n_max: int = 3, betas=(1.0,)) -> np.ndarray:
+    """N-subjettiness tau_N^beta, N = 1..n_max, of each jet in a jagged array of constituents.
 
-    ``constituents`` is an awkward array (n_jets, var) of Momentum4D records. Axes are
-    the exclusive kT jets (R = 1.5) of the reclustered constituents; distances in
-    rapidity-azimuth; normalised by the scalar sum of constituent pT (no R0 factor).
-    A jet with at most N constituents has tau_N = 0.
+    ``constituents`` is an awkward array (n_jets, var) of Momentum4D records. Returns an
+    array (n_jets, len(betas), n_max). Axes: the exclusive kT jets (R = 1.5) of the
+    reclustered constituents, the same axes for every beta; distances in rapidity-azimuth;
+    ``tau_N^beta = sum_i pT_i min_k dR_ik^beta / sum_i pT_i`` (no R0 factor). A jet with at
+    most N constituents has tau_N = 0. Each jet is reclustered once (fastjet on the jagged
+    array, grouped by how many exclusive axes it can have), then all N and beta are numpy.
+    With these (not minimised) axes tau_N^beta need not fall with N for beta <= 1.
     """
     import awkward as ak
     fastjet = optional_import("fastjet", "particles", "reading particle-level inputs (jet clustering)")
 
+    betas = [float(b) for b in betas]
     n_jets = len(constituents)
-    taus = np.zeros((n_jets, n_max), dtype=np.float64)
+    taus = np.zeros((n_jets, len(betas), n_max), dtype=np.float64)
     if n_jets == 0:
         return taus
-    pt = np.hypot(constituents.px, constituents.py)
-    rap = constituents.rapidity
-    phi = constituents.phi
-    sum_pt = ak.to_numpy(ak.sum(pt, axis=1))
+    pt = ak.to_numpy(ak.flatten(np.hypot(constituents.px, constituents.py)))
+    rap = ak.to_numpy(ak.flatten(constituents.rapidity))
+    phi = ak.to_numpy(ak.flatten(constituents.phi))
     n_const = ak.to_numpy(ak.num(constituents, axis=1))
+    jet_of = np.repeat(np.arange(n_jets), n_const)
+    sum_pt = np.bincount(jet_of, weights=pt, minlength=n_jets)
     kt = fastjet.JetDefinition(fastjet.kt_algorithm, NSUB_AXES_R)
-    for n in range(1, n_max + 1):
-        ok = n_const > n
-        if not np.any(ok):
-            continue
-        sub = constituents[ok]
+    # exclusive_jets(N) fails on a jet with fewer than N constituents: group jets by the
+    # largest N they need (tau_N = 0 beyond n_const - 1) and cluster each group once
+    top = np.minimum(n_const - 1, n_max)
+    for k in np.unique(top[top >= 1]):
+        group = np.flatnonzero(top == k)
+        mine = np.isin(jet_of, group)
+        row = np.searchsorted(group, jet_of[mine])
+        c_pt, c_rap, c_phi = pt[mine], rap[mine], phi[mine]
         with warnings.catch_warnings():
             # fastjet warns about dcut semantics for non-kT algorithms; ours is kT.
             warnings.filterwarnings("ignore", message="dcut and exclusive jets")
-            cs = fastjet.ClusterSequence(sub, kt)
-            axes = cs.exclusive_jets(n_jets=n)
-        pairs = ak.cartesian(
-            {
-                "c": ak.zip({"y": rap[ok], "phi": phi[ok]}),
-                "a": ak.zip({"y": axes.rapidity, "phi": axes.phi}),
-            },
-            axis=1,
-            nested=True,
-        )
-        dphi = (pairs.c.phi - pairs.a.phi + np.pi) % (2 * np.pi) - np.pi
-        dist = np.sqrt((pairs.c.y - pairs.a.y) ** 2 + dphi**2)
-        dmin = ak.min(dist, axis=2)
-        num = ak.to_numpy(ak.sum(pt[ok] * dmin, axis=1))
-        taus[ok, n - 1] = num / sum_pt[ok]
+            cs = fastjet.ClusterSequence(constituents[group], kt)
+            for n in range(1, int(k) + 1):
+                axes = cs.exclusive_jets(n_jets=n)
+                a_rap = ak.to_numpy(axes.rapidity).reshape(len(group), n)[row]
+                a_phi = ak.to_numpy(axes.phi).reshape(len(group), n)[row]
+                dphi = (c_phi[:, None] - a_phi + np.pi) % (2 * np.pi) - np.pi
+                dmin = np.sqrt(np.min((c_rap[:, None] - a_rap) ** 2 + dphi**2, axis=1))
+                for b, beta in enumerate(betas):
+                    num = np.bincount(row, weights=c_pt * dmin**beta, minlength=len(group))
+                    taus[group, b, n - 1] = num / sum_pt[group]
     return taus
 
 
-def cluster_particles(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray) -> tuple[dict, np.ndarray]:
+def cluster_particles(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, *,
+                      substructure: str = "standard") -> tuple[dict, np.ndarray]:
     """Cluster massless particles into the two leading anti-kT R = 1.0 jets.
 
     ``pt``, ``eta``, ``phi`` are (n_events, n_particles) arrays, zero-padded (pT = 0
@@ -176,18 +213,22 @@ def cluster_particles(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray) -> tuple
         phij = ak.unflatten(phi[mask].astype(np.float64), counts)
     else:
         ptj, etaj, phij = (ak.values_astype(a, np.float64) for a in (pt, eta, phi))
-    return cluster_four_vectors(ptj * np.cos(phij), ptj * np.sin(phij), ptj * np.sinh(etaj), ptj * np.cosh(etaj))
+    return cluster_four_vectors(ptj * np.cos(phij), ptj * np.sin(phij), ptj * np.sinh(etaj), ptj * np.cosh(etaj),
+                                substructure=substructure)
 
 
-def cluster_four_vectors(px, py, pz, E) -> tuple[dict, np.ndarray]:
+def cluster_four_vectors(px, py, pz, E, *, substructure: str = "standard") -> tuple[dict, np.ndarray]:
     """Cluster particles (jagged awkward arrays of px, py, pz, E in GeV) into two jets.
 
     Jets: anti-kT R = 1.0 with pT > 20 GeV and |eta| < 2.5; j1, j2 are the two leading-pT
     jets among those. Returns the jets in the LHCO feature layout (a dict of column ->
-    array, for events that have two jets) and the boolean mask of events kept.
-    Vectorised with fastjet's awkward interface: no per-event loop. Used by the readers
-    and by event generation alike.
+    array, for events that have two jets) and the boolean mask of events kept; with
+    ``substructure="extended"`` also :data:`EXTENDED_JET_COLUMNS` (tau_N^beta, N = 1..9,
+    beta = 0.5, 1, 2; tau1..3 are the beta = 1 ones). Vectorised with fastjet's awkward
+    interface: no per-event loop. Used by the readers and by event generation alike.
     """
+    if substructure not in SUBSTRUCTURE:
+        raise ValueError(f"substructure must be one of {SUBSTRUCTURE}, got {substructure!r}")
     import awkward as ak
     fastjet = optional_import("fastjet", "particles", "reading particle-level inputs (jet clustering)")
     import vector
@@ -206,7 +247,11 @@ def cluster_four_vectors(px, py, pz, E) -> tuple[dict, np.ndarray]:
     jets, const = jets[keep], const[keep]
     flat = ak.flatten(const, axis=1)
     flat = ak.zip({k: flat[k] for k in ("px", "py", "pz", "E")}, with_name="Momentum4D")
-    taus = _nsubjettiness(flat).reshape(-1, 2, 3)
+    extended = substructure == "extended"
+    betas = EXTENDED_BETAS if extended else (1.0,)
+    n_max = EXTENDED_N_MAX if extended else 3
+    taus = nsubjettiness(flat, n_max, betas).reshape(-1, 2, len(betas), n_max)
+    std = betas.index(1.0)
     out = {}
     for i in (0, 1):
         jet = jets[:, i]
@@ -215,15 +260,24 @@ def cluster_four_vectors(px, py, pz, E) -> tuple[dict, np.ndarray]:
         out[f"pzj{i + 1}"] = ak.to_numpy(jet.pz)
         out[f"mj{i + 1}"] = ak.to_numpy(jet.mass)
         for n in range(3):
-            out[f"tau{n + 1}j{i + 1}"] = taus[:, i, n]
+            out[f"tau{n + 1}j{i + 1}"] = taus[:, i, std, n]
+        if extended:
+            for b, beta in enumerate(betas):
+                for n in range(EXTENDED_N_MAX):
+                    out[f"tau{n + 1}_b{beta:g}j{i + 1}"] = taus[:, i, b, n]
     if n_events and not keep.all():
         log.debug("%d of %d events have fewer than two jets", int((~keep).sum()), n_events)
     return out, keep
 
 
 def jets_to_lhco_frame(jets: dict, label: np.ndarray | None = None) -> pd.DataFrame:
-    """The LHCO high-level feature layout (float64, key ``df``) for jets from :func:`cluster_particles`."""
-    frame = pd.DataFrame({c: np.asarray(jets[c], dtype=np.float64) for c in LHCO_FEATURE_COLUMNS})
+    """The LHCO high-level feature layout (float64, key ``df``) for jets from :func:`cluster_particles`.
+
+    The extended N-subjettiness columns follow the standard ones when ``jets`` has them; the
+    feature reader turns them into the event table's :data:`EXTENDED_COLUMNS`.
+    """
+    cols = LHCO_FEATURE_COLUMNS + [c for c in EXTENDED_JET_COLUMNS if c in jets]
+    frame = pd.DataFrame({c: np.asarray(jets[c], dtype=np.float64) for c in cols})
     if label is not None:
         frame["label"] = np.asarray(label, dtype=np.float64)
     return frame

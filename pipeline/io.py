@@ -13,6 +13,13 @@ Supported inputs (``fmt``):
     branches (``part_pt``, ``part_eta``, ``part_phi``; or ``pt``, ``eta``, ``phi``) and an
     optional ``label`` branch.
 
+Extra per-event numeric columns of a feature file (or flat numeric branches of a ROOT tree)
+are carried into the event table under their own names, so that ``features:`` can name them;
+:func:`check_features` checks the names a run needs against a table. ``substructure="extended"``
+adds the extended N-subjettiness set (:data:`~.features.EXTENDED_COLUMNS`) to tables read from
+particles; a feature file written with those columns (:func:`~.features.jets_to_lhco_frame`)
+gives them too.
+
 Files are read in chunks of ``chunk_size`` events, so a large file never sits in
 memory twice; the canonical table is cached as Parquet under a key made from the
 file's content hash (:func:`load_events`). The format readers and their column checks are in
@@ -31,17 +38,30 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_path, cache_key, file_hash
-from .exceptions import InputFileError
-from .features import CANONICAL_COLUMNS, LHCO_FEATURE_COLUMNS
-from .readers import _ColumnStats, _features_chunks, _H5Frame, _missing_columns_message, _raw_chunks, _root_chunks
+from .exceptions import ConfigError, InputFileError
+from .features import CANONICAL_COLUMNS, EXTENDED_COLUMNS, LHCO_FEATURE_COLUMNS, SUBSTRUCTURE
+from .readers import (
+    _ColumnStats,
+    _features_chunks,
+    _features_layout,
+    _H5Frame,
+    _missing_columns_message,
+    _raw_chunks,
+    _raw_label,
+    _root_chunks,
+    _root_layout,
+    _root_tree,
+)
 
-__all__ = ["EventSource", "detect_format", "iter_events", "read_events", "load_events", "FORMATS"]
+__all__ = ["EventSource", "detect_format", "iter_events", "read_events", "load_events", "event_columns",
+           "check_features", "FORMATS", "SUBSTRUCTURE"]
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "lhco-features", "lhco-raw", "root")
 #: Bumped when the reader accepts or rejects different files, so stale caches are not reused.
-READER_VERSION = 2
+#: 3: extra numeric columns of the file are carried into the table.
+READER_VERSION = 3
 #: A median mjj above this (GeV) means the file is almost surely in MeV.
 MEV_SUSPICION_GEV = 50_000.0
 
@@ -120,32 +140,46 @@ def iter_events(
     key: str = "df",
     tree: str | None = None,
     chunk_size: int = 100_000,
+    substructure: str = "standard",
 ) -> Iterator[tuple[pd.DataFrame, int]]:
     """Yield (canonical table chunk, events without two jets) for ``path``."""
-    yield from _iter_events(Path(path), fmt, key, tree, chunk_size, _ColumnStats(Path(path)))
+    yield from _iter_events(Path(path), fmt, key, tree, chunk_size, _ColumnStats(Path(path)),
+                            substructure=substructure)
 
 
-def _iter_events(path: Path, fmt: str, key: str, tree: str | None, chunk_size: int,
-                 stats: _ColumnStats) -> Iterator[tuple[pd.DataFrame, int]]:
+def _check_substructure(substructure: str) -> None:
+    if substructure not in SUBSTRUCTURE:
+        raise ConfigError(f"substructure: {substructure!r} is not one of {list(SUBSTRUCTURE)}; choose "
+                          "'extended' for tau_N^beta (N = 1..9, beta = 0.5, 1, 2) or 'standard'")
+
+
+def _resolve_format(path: Path, fmt: str, key: str) -> str:
+    """The layout of ``path``: ``fmt`` checked against the file's signature, or detected."""
     _check_exists(path)
     if fmt not in FORMATS:
         raise InputFileError(f"{path}: unknown format '{fmt}'; choose one of {FORMATS}")
     if fmt == "auto":
-        fmt = detect_format(path, key)
-    else:
-        kind = _signature(path)
-        if kind is not None and (kind == "root") != (fmt == "root"):
-            raise InputFileError(
-                f"{path}: is {'a ROOT' if kind == 'root' else 'an HDF5'} file but the format is set to "
-                f"'{fmt}'; set data.format to 'auto' (or to the file's layout)"
-            )
+        return detect_format(path, key)
+    kind = _signature(path)
+    if kind is not None and (kind == "root") != (fmt == "root"):
+        raise InputFileError(
+            f"{path}: is {'a ROOT' if kind == 'root' else 'an HDF5'} file but the format is set to "
+            f"'{fmt}'; set data.format to 'auto' (or to the file's layout)"
+        )
+    return fmt
+
+
+def _iter_events(path: Path, fmt: str, key: str, tree: str | None, chunk_size: int,
+                 stats: _ColumnStats, *, substructure: str = "standard") -> Iterator[tuple[pd.DataFrame, int]]:
+    _check_substructure(substructure)
+    fmt = _resolve_format(path, fmt, key)
     if fmt == "lhco-features":
-        yield from _features_chunks(path, key, chunk_size, stats)
+        yield from _features_chunks(path, key, chunk_size, stats, substructure)
     elif fmt == "lhco-raw":
-        yield from _raw_chunks(path, key, chunk_size)
+        yield from _raw_chunks(path, key, chunk_size, substructure)
     else:
         try:
-            yield from _root_chunks(path, tree, chunk_size, stats)
+            yield from _root_chunks(path, tree, chunk_size, stats, substructure)
         except InputFileError:
             raise
         except Exception as exc:  # uproot raises OSError, ValueError, DeserializationError ...
@@ -193,32 +227,39 @@ def read_events(
     tree: str | None = None,
     chunk_size: int = 100_000,
     strict: bool = False,
+    substructure: str = "standard",
+    features: list[str] | tuple[str, ...] | None = None,
 ) -> tuple[pd.DataFrame, EventSource]:
     """Read a whole file into the canonical table (no caching).
 
     Events with non-finite features (e.g. ``tau1 = 0``) are dropped with one warning
     that counts them and names the columns; with ``strict=True`` they raise
     :class:`InputFileError` instead. A feature column that holds no numbers, only NaN/inf,
-    or one value throughout is an :class:`InputFileError` naming the column.
+    or one value throughout is an :class:`InputFileError` naming the column. The file's
+    extra numeric columns are carried unchanged (not checked, not dropped on NaN: a run
+    checks the ones it uses, ``features``, with :func:`check_features`).
+    ``substructure="extended"`` adds :data:`~.features.EXTENDED_COLUMNS` (particle inputs).
     """
     path = Path(path)
+    _check_substructure(substructure)
     resolved = detect_format(path, key) if fmt == "auto" else fmt
     stats = _ColumnStats(path)
     chunks, n_no_dijet, n_read = [], 0, 0
-    for chunk, dropped in _iter_events(path, resolved, key, tree, chunk_size, stats):
+    for chunk, dropped in _iter_events(path, resolved, key, tree, chunk_size, stats, substructure=substructure):
         chunks.append(chunk)
         n_no_dijet += dropped
         n_read += len(chunk) + dropped
     stats.check()
     events = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=CANONICAL_COLUMNS)
-    values = events[CANONICAL_COLUMNS].to_numpy(dtype=np.float64)
+    computed = CANONICAL_COLUMNS + [c for c in EXTENDED_COLUMNS if c in events]
+    values = events[computed].to_numpy(dtype=np.float64)
     finite = np.isfinite(values).all(axis=1)
     n_bad = int((~finite).sum())
     if n_bad:
         where = stats.nonfinite()
         if not where:  # undefined ratios (e.g. tau1 = 0), not NaN/inf in the file
             bad_cols = (~np.isfinite(values)).sum(axis=0)
-            where = "computed " + ", ".join(f"{c}: {n}" for c, n in zip(CANONICAL_COLUMNS, bad_cols) if n) \
+            where = "computed " + ", ".join(f"{c}: {n}" for c, n in zip(computed, bad_cols) if n) \
                 + "; e.g. tau1 = 0 leaves tau21 undefined"
         msg = f"{path}: {n_bad} of {len(events)} events have NaN/inf features ({where})"
         if strict:
@@ -238,6 +279,8 @@ def read_events(
         n_no_dijet=n_no_dijet,
         columns=tuple(events.columns),
     )
+    if features:
+        check_features(events, features, path)
     return events, source
 
 
@@ -250,8 +293,11 @@ def load_events(
     tree: str | None = None,
     chunk_size: int = 100_000,
     strict: bool = False,
+    substructure: str = "standard",
+    features: list[str] | tuple[str, ...] | None = None,
 ) -> tuple[pd.DataFrame, EventSource]:
-    """:func:`read_events` with a Parquet cache keyed by the file's content hash."""
+    """:func:`read_events` with a Parquet cache keyed by the file's content hash (and the
+    options that change the table); ``features`` are checked on the cached table too."""
     import dataclasses
     import json
 
@@ -259,17 +305,22 @@ def load_events(
     _check_exists(path)
     digest = file_hash(path)
     if cache_dir is None:
-        events, source = read_events(path, fmt, key=key, tree=tree, chunk_size=chunk_size, strict=strict)
+        events, source = read_events(path, fmt, key=key, tree=tree, chunk_size=chunk_size, strict=strict,
+                                     substructure=substructure, features=features)
         return events, dataclasses.replace(source, content_hash=digest)
-    ckey = cache_key("events", READER_VERSION, digest, fmt, key, tree, strict)
+    ckey = cache_key("events", READER_VERSION, digest, fmt, key, tree, strict, substructure)
     target = Path(cache_dir) / f"events-{ckey}.parquet"
     meta = target.with_suffix(".json")
     if target.exists() and meta.exists():
         info = json.loads(meta.read_text())
         info["columns"] = tuple(info["columns"])
         info["table_path"] = str(target)
-        return pd.read_parquet(target), EventSource(**info)
-    events, source = read_events(path, fmt, key=key, tree=tree, chunk_size=chunk_size, strict=strict)
+        events = pd.read_parquet(target)
+        if features:
+            check_features(events, features, path)
+        return events, EventSource(**info)
+    events, source = read_events(path, fmt, key=key, tree=tree, chunk_size=chunk_size, strict=strict,
+                                 substructure=substructure, features=features)
     source = dataclasses.replace(source, content_hash=digest, table_path=str(target))
     with atomic_path(target, ".parquet") as tmp:
         events.to_parquet(tmp, index=False)
@@ -278,3 +329,58 @@ def load_events(
     with atomic_path(meta, ".json") as tmp:
         tmp.write_text(json.dumps(info))
     return events, source
+
+
+def event_columns(
+    path: str | os.PathLike,
+    fmt: str = "auto",
+    *,
+    key: str = "df",
+    tree: str | None = None,
+    substructure: str = "standard",
+) -> list[str]:
+    """The columns :func:`read_events` gives for ``path``, from the file's header (no events read)."""
+    path = Path(path)
+    _check_substructure(substructure)
+    fmt = _resolve_format(path, fmt, key)
+    if fmt == "lhco-features":
+        return _features_layout(path, _H5Frame(path, key), substructure).columns(substructure)
+    if fmt == "lhco-raw":
+        label = _raw_label(path, _H5Frame(path, key))
+        return CANONICAL_COLUMNS + EXTENDED_COLUMNS * (substructure == "extended") + ["label"] * label
+    import uproot
+
+    try:
+        f = uproot.open(path)
+    except Exception as exc:
+        raise InputFileError(f"{path}: not a readable ROOT file ({exc.__class__.__name__}: {exc}); re-create it") from None
+    with f:
+        t, name = _root_tree(f, path, tree)
+        return _root_layout(path, t, name, substructure)[1].columns(substructure)
+
+
+def check_features(events: pd.DataFrame, features, source: str | os.PathLike) -> None:
+    """Raise :class:`InputFileError` when a column named in ``features`` is not in ``events``
+    (naming the key ``features`` and the columns there are) or, for a column carried from the
+    file, holds NaN/inf (the reader drops such events only for the columns it computes)."""
+    import difflib
+
+    available = [c for c in events.columns if c not in ("mjj", "label")]
+    missing = [f for f in features if f not in available]
+    if missing:
+        close = {f: m for f in missing if (m := difflib.get_close_matches(f, available, n=1, cutoff=0.75))}
+        hint = "".join(f"; '{f}': did you mean '{m[0]}'?" for f, m in close.items())
+        raise InputFileError(
+            f"{source}: features: {missing} not in the event table read from this file{hint}; columns "
+            f"available: {available}; fix the key 'features' in the config, or add the column(s) to the file"
+        )
+    own = set(CANONICAL_COLUMNS) | set(EXTENDED_COLUMNS)
+    for f in features:
+        if f in own:
+            continue
+        n_bad = int((~np.isfinite(events[f].to_numpy(dtype=np.float64))).sum())
+        if n_bad:
+            raise InputFileError(
+                f"{source}: features: column '{f}' is NaN/inf in {n_bad} of {len(events)} events; fill those "
+                "values in the file, remove those events, or leave the column out of 'features'"
+            )

@@ -6,6 +6,7 @@ checks that name what is wrong with a file (strings, all-NaN or constant columns
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import InputFileError
-from .features import LHCO_FEATURE_COLUMNS, cluster_particles, events_from_jets
+from .features import (
+    CANONICAL_COLUMNS,
+    EXTENDED_COLUMNS,
+    EXTENDED_JET_COLUMNS,
+    EXTENDED_STEMS,
+    LHCO_FEATURE_COLUMNS,
+    cluster_particles,
+    events_from_jets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -249,29 +258,79 @@ def _label_from(frame: pd.DataFrame) -> np.ndarray | None:
     return frame["label"].to_numpy() if "label" in frame.columns else None
 
 
-def _features_chunks(path: Path, key: str, chunk_size: int,
-                     stats: _ColumnStats) -> Iterator[tuple[pd.DataFrame, int]]:
-    frame = _H5Frame(path, key)
+#: Names the reader computes: a file column of that name is not carried (it would be ambiguous).
+_COMPUTED = set(CANONICAL_COLUMNS) | set(EXTENDED_COLUMNS)
+#: ROOT leaf types of one number per event (carried as extra columns).
+_SCALAR_TYPE = re.compile(r"^(std::)?(u?int(8|16|32|64)_t|double|float|bool|(unsigned )?(char|short|int|long( long)?))$")
+
+
+class _Layout:
+    """What a file gives the event table: jet-layout columns (LHCO plus any extended
+    N-subjettiness pairs), the user's extra per-event numeric columns carried unchanged, and
+    the columns left out with the reason (``ignored``)."""
+
+    def __init__(self, path: Path, names, substructure: str, extra_ok):
+        names = [str(n) for n in names]
+        stems = [s for s in EXTENDED_STEMS if f"{s}j1" in names and f"{s}j2" in names]
+        self.jet_columns = LHCO_FEATURE_COLUMNS + [f"{s}j{i}" for i in (1, 2) for s in stems]
+        if substructure == "extended" and len(stems) < len(EXTENDED_STEMS):
+            raise InputFileError(
+                f"{path}: substructure 'extended' needs particle-level inputs or all {len(EXTENDED_JET_COLUMNS)} "
+                f"extended N-subjettiness columns ({EXTENDED_JET_COLUMNS[0]} ...); this file has "
+                f"{2 * len(stems)}: read the particle file, or use substructure 'standard'")
+        self.has_label = "label" in names
+        own = set(self.jet_columns) | {"label"}
+        self.ignored = {n: why for n in names if n not in own and (why := extra_ok(n))}
+        self.extra = [n for n in names if n not in own and n not in self.ignored]
+        clash = [n for n, why in self.ignored.items() if why.startswith("has the name")]
+        if clash:
+            log.warning("%s: column(s) %s have the names of computed columns and are not carried; "
+                        "rename them to use them as features", path, clash)
+
+    def columns(self, substructure: str) -> list[str]:
+        """The event table's columns, in order."""
+        ext = [c for c in EXTENDED_COLUMNS if f"{c[:-3]}j1" in self.jet_columns or substructure == "extended"]
+        return CANONICAL_COLUMNS + ext + self.extra + (["label"] if self.has_label else [])
+
+
+def _why_not(name: str, what: str = "") -> str:
+    """Why a non-layout column is not carried ("" if it is)."""
+    if name in _COMPUTED:
+        return "has the name of a computed column"
+    return f"holds {what}, not one number per event" if what else ""
+
+
+def _features_layout(path: Path, frame: _H5Frame, substructure: str = "standard") -> _Layout:
     names = [str(c) for c in frame.columns]
     if any(c not in names for c in LHCO_FEATURE_COLUMNS):
         raise InputFileError(_missing_columns_message(path, names))
-    bad = {str(c): w for c, w in frame.non_numeric.items() if str(c) in LHCO_FEATURE_COLUMNS + ["label"]}
+    words = {str(c): w for c, w in frame.non_numeric.items()}
+    layout = _Layout(path, names, substructure, lambda n: _why_not(n, words.get(n, "")))
+    bad = {c: w for c, w in words.items() if c in layout.jet_columns + ["label"]}
     if bad:
         raise InputFileError(_non_numeric_message(path, bad))
+    return layout
+
+
+def _features_chunks(path: Path, key: str, chunk_size: int, stats: _ColumnStats,
+                     substructure: str = "standard") -> Iterator[tuple[pd.DataFrame, int]]:
+    frame = _H5Frame(path, key)
+    layout = _features_layout(path, frame, substructure)
     for start in range(0, frame.n_rows, chunk_size):
         df = frame.read(start, min(start + chunk_size, frame.n_rows))
         df.columns = [str(c) for c in df.columns]
-        yield _jets_to_events({c: df[c].to_numpy() for c in LHCO_FEATURE_COLUMNS}, _label_from(df), stats), 0
+        jets = {c: df[c].to_numpy() for c in layout.jet_columns}
+        yield _jets_to_events(jets, _label_from(df), stats, {c: df[c].to_numpy() for c in layout.extra}), 0
 
 
-def _jets_to_events(jets: dict, label, stats: _ColumnStats) -> pd.DataFrame:
+def _jets_to_events(jets: dict, label, stats: _ColumnStats, extra: dict | None = None) -> pd.DataFrame:
     """The canonical table of one chunk of file columns, after checking they hold numbers."""
     stats.add(jets if label is None else jets | {"label": label})
-    return events_from_jets(jets, label)
+    return events_from_jets(jets, label, extra)
 
 
-def _raw_chunks(path: Path, key: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame, int]]:
-    frame = _H5Frame(path, key)
+def _raw_label(path: Path, frame: _H5Frame) -> bool:
+    """Whether a raw particle frame ends with a label column (checks the layout)."""
     if frame.non_numeric:
         raise InputFileError(_non_numeric_message(path, {str(c): w for c, w in frame.non_numeric.items()}))
     ncol = len(frame.columns)
@@ -280,23 +339,80 @@ def _raw_chunks(path: Path, key: str, chunk_size: int) -> Iterator[tuple[pd.Data
             f"{path}: {ncol} columns cannot be (pT, eta, phi) triplets plus an optional "
             "label; expected the LHC Olympics raw layout (2100 or 2101 columns)"
         )
-    has_label = ncol % 3 == 1
-    npart = (ncol - has_label) // 3
+    return ncol % 3 == 1
+
+
+def _raw_chunks(path: Path, key: str, chunk_size: int,
+                substructure: str = "standard") -> Iterator[tuple[pd.DataFrame, int]]:
+    frame = _H5Frame(path, key)
+    has_label = _raw_label(path, frame)
+    npart = (len(frame.columns) - has_label) // 3
     for start in range(0, frame.n_rows, chunk_size):
         values = frame.read(start, min(start + chunk_size, frame.n_rows)).to_numpy()
         trip = values[:, : 3 * npart].reshape(len(values), npart, 3)
         label = values[:, -1] if has_label else None
-        yield _particles_to_events(trip[..., 0], trip[..., 1], trip[..., 2], label)
+        yield _particles_to_events((trip[..., 0], trip[..., 1], trip[..., 2]), label, substructure)
 
 
-def _particles_to_events(pt, eta, phi, label) -> tuple[pd.DataFrame, int]:
-    jets, keep = cluster_particles(pt, eta, phi)
+def _particles_to_events(particles, label, substructure: str = "standard",
+                         extra: dict | None = None) -> tuple[pd.DataFrame, int]:
+    jets, keep = cluster_particles(*particles, substructure=substructure)
     lab = None if label is None else np.asarray(label)[keep]
-    return events_from_jets(jets, lab), int((~keep).sum())
+    kept = {c: np.asarray(v)[keep] for c, v in (extra or {}).items()}
+    return events_from_jets(jets, lab, kept), int((~keep).sum())
 
 
-def _root_chunks(path: Path, tree: str | None, chunk_size: int,
-                 stats: _ColumnStats) -> Iterator[tuple[pd.DataFrame, int]]:
+def _root_tree(f, path: Path, tree: str | None):
+    """The events tree of an open ROOT file (named by ``tree`` or the only one)."""
+    trees = [k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "ROOT::RNTuple")]
+    if not trees:
+        raise InputFileError(
+            f"{path}: holds no TTree or RNTuple (objects present: {sorted(f.keys())[:10]}); "
+            "write the events as a TTree"
+        )
+    name = tree or (trees[0] if len(set(trees)) == 1 else None)
+    if name is None:
+        raise InputFileError(
+            f"{path}: holds several trees {sorted(set(trees))}; set data.tree in the config "
+            "to the one with the events"
+        )
+    if name not in trees:
+        raise InputFileError(
+            f"{path}: no TTree '{tree}' (trees present: {sorted(set(trees))}); set "
+            "data.tree in the config to one of them"
+        )
+    return f[name], name
+
+
+def _root_layout(path: Path, t, name: str, substructure: str = "standard") -> tuple[list[str] | None, _Layout]:
+    """(particle branches or None for the jet layout, the layout) of a ROOT tree."""
+    types = t.typenames()
+    counters = set()
+    for b in t.keys():  # uproot's count branches of jagged ones (TTree only)
+        count = getattr(t[b], "count_branch", None)
+        if count is not None:
+            counters.add(count.name)
+    branches = set(types)
+    parts = next((list(n) for n in PARTICLE_BRANCHES if set(n) <= branches), None)
+    if not set(LHCO_FEATURE_COLUMNS) <= branches:
+        if parts is None:
+            raise InputFileError(
+                f"{path}: tree '{name}' has neither the LHCO jet branches ({LHCO_FEATURE_COLUMNS[:4]} "
+                f"...) nor particle branches {PARTICLE_BRANCHES[0]}; found {sorted(branches)[:20]}"
+            )
+        names = [b for b in types if b not in parts and b not in counters]
+        # particle trees: the extended set is computed, never read from branches
+        return parts, _Layout(path, names, "standard", _root_why(types))
+    names = [b for b in types if b not in counters]
+    return None, _Layout(path, names, substructure, _root_why(types))
+
+
+def _root_why(types: dict):
+    return lambda b: _why_not(b, "" if _SCALAR_TYPE.match(types[b].strip()) else f"type {types[b]}")
+
+
+def _root_chunks(path: Path, tree: str | None, chunk_size: int, stats: _ColumnStats,
+                 substructure: str = "standard") -> Iterator[tuple[pd.DataFrame, int]]:
     import uproot
 
     try:
@@ -306,39 +422,15 @@ def _root_chunks(path: Path, tree: str | None, chunk_size: int,
             f"{path}: not a readable ROOT file ({exc.__class__.__name__}: {exc}); re-create it"
         ) from None
     with f:
-        trees = [k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "ROOT::RNTuple")]
-        if not trees:
-            raise InputFileError(
-                f"{path}: holds no TTree or RNTuple (objects present: {sorted(f.keys())[:10]}); "
-                "write the events as a TTree"
-            )
-        name = tree or (trees[0] if len(set(trees)) == 1 else None)
-        if name is None:
-            raise InputFileError(
-                f"{path}: holds several trees {sorted(set(trees))}; set data.tree in the config "
-                "to the one with the events"
-            )
-        if name not in trees:
-            raise InputFileError(
-                f"{path}: no TTree '{tree}' (trees present: {sorted(set(trees))}); set "
-                "data.tree in the config to one of them"
-            )
-        t = f[name]
-        branches = set(t.keys())
-        if set(LHCO_FEATURE_COLUMNS) <= branches:
-            cols = LHCO_FEATURE_COLUMNS + (["label"] if "label" in branches else [])
-            for arrays in t.iterate(cols, step_size=chunk_size, library="np"):
-                jets = {c: arrays[c] for c in LHCO_FEATURE_COLUMNS}
-                yield _jets_to_events(jets, arrays.get("label"), stats), 0
+        t, name = _root_tree(f, path, tree)
+        parts, layout = _root_layout(path, t, name, substructure)
+        label = ["label"] if layout.has_label else []
+        if parts is None:
+            for arrays in t.iterate(layout.jet_columns + layout.extra + label, step_size=chunk_size, library="np"):
+                jets = {c: arrays[c] for c in layout.jet_columns}
+                yield _jets_to_events(jets, arrays.get("label"), stats, {c: arrays[c] for c in layout.extra}), 0
             return
-        for names in PARTICLE_BRANCHES:
-            if set(names) <= branches:
-                cols = list(names) + (["label"] if "label" in branches else [])
-                for arrays in t.iterate(cols, step_size=chunk_size, library="ak"):
-                    label = arrays["label"].to_numpy() if "label" in cols else None
-                    yield _particles_to_events(*(arrays[n] for n in names), label)
-                return
-        raise InputFileError(
-            f"{path}: tree '{name}' has neither the LHCO jet branches ({LHCO_FEATURE_COLUMNS[:4]} "
-            f"...) nor particle branches {PARTICLE_BRANCHES[0]}; found {sorted(branches)[:20]}"
-        )
+        for arrays in t.iterate(parts + layout.extra + label, step_size=chunk_size, library="ak"):
+            lab = arrays["label"].to_numpy() if label else None
+            extra = {c: arrays[c].to_numpy() for c in layout.extra}
+            yield _particles_to_events(tuple(arrays[n] for n in parts), lab, substructure, extra)

@@ -140,6 +140,26 @@ class TestResult:
     gp: dict | None = None
     #: Warnings a reader must see: "fit p < 0.01 (...)", "fit failed", "fit not converged", ...
     flags: tuple[str, ...] = ()
+    # --- signal model (``stats.signal_model``); all None without one -------------------------
+    #: Events of the signal template, and how many of them fall in the SR and pass the selection.
+    signal_template_events: int | None = None
+    signal_template_passed: int | None = None
+    #: passed / events, with its binomial standard error sqrt(eff (1 - eff) / events).
+    signal_efficiency: float | None = None
+    signal_efficiency_unc: float | None = None
+    #: Produced signal events assumed for the expected Z, and efficiency x that: SR signal events.
+    signal_events: float | None = None
+    signal_expected_sr: float | None = None
+    #: Median expected discovery Z of that signal on this test's fitted background (Asimov data
+    #: set in the test's pyhf model, closed form: ``evaluate._expected_z``).
+    signal_z_expected: float | None = None
+    #: CLs upper limits on PRODUCED signal events (SR limits / efficiency): observed (None when
+    #: blind), median expected, and expected at -2..+2 sigma.
+    signal_upper_limit: float | None = None
+    signal_upper_limit_expected: float | None = None
+    signal_upper_limit_expected_band: tuple | None = None
+    #: Why a signal-model number is missing (zero efficiency, no saved models, failed fit).
+    signal_note: str | None = None
 
     __test__: ClassVar[bool] = False  # not a pytest test class
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_path, write_json
-from .scanplots import _style, plot_sic_curves, plot_training
 from .scanplots import img_html as _img
-from .scanplots import png_b64 as _png_b64
+from .scanplots import plot_sic_curves, plot_training
 
-__all__ = ["write_results", "format_table", "format_summary", "fmt_value", "plot_spectra", "package_versions",
-           "write_html_report", "write_injection_report", "RESULTS_SCHEMA_VERSION"]
+__all__ = ["write_results", "format_table", "format_signal_table", "format_summary", "fmt_value", "plot_spectra",
+           "package_versions", "write_html_report", "write_injection_report", "RESULTS_SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
 #: Version of results.json (pipeline/results.schema.json); 2: records, relative paths, models, ceilings.
@@ -105,10 +104,39 @@ def _z_text(r: dict, hidden: str) -> str:
 
 
 def format_summary(doc: dict) -> str:
-    """The terminal summary of a search: the verdict sentence, then :func:`format_table`."""
+    """The terminal summary of a search: the verdict sentence, then :func:`format_table` (and
+    :func:`format_signal_table` with a signal model)."""
     from .verdict import verdict
 
-    return verdict(doc) + "\n\n" + format_table(doc["results"])
+    text = verdict(doc) + "\n\n" + format_table(doc["results"])
+    if doc.get("signal_model"):
+        text += "\n\n" + format_signal_table(doc["results"], doc["signal_model"])
+    return text
+
+
+def format_signal_table(rows: list[dict], info: dict) -> str:
+    """The signal template per test: efficiency through the selection (SR, same threshold as
+    the data), CLs limits on produced signal events (SR limit / efficiency) and the median
+    expected discovery Z for ``info['signal_events']`` produced events."""
+    head = (f"{'window [GeV]':<13} {'detector':<11} {'sel':>7} {'sig. eff.':>17} {'S exp (SR)':>10} "
+            f"{'Z exp':>6} {'UL95 prod':>10} {'UL95 prod exp [-1s, +1s]':>30}")
+    title = (f"signal model {info['path']}: {info['n_events']} template events; Z exp for "
+             f"{info['signal_events']:g} produced signal events ({info['signal_events_from']}); "
+             "UL95 prod: limits on produced signal events")
+    lines = [title, head, "-" * len(head)]
+    for r in rows:
+        eff = r.get("signal_efficiency")
+        eff_s = "-" if eff is None else f"{eff:.4f}±{r['signal_efficiency_unc']:.4f}"
+        band = r.get("signal_upper_limit_expected_band") or [None] * 5
+        exp = (f"{fmt_value(r.get('signal_upper_limit_expected'), '.4g')} [{fmt_value(band[1], '.4g')}, "
+               f"{fmt_value(band[3], '.4g')}]")
+        hidden = "blind" if r.get("n_observed_sr") is None else "-"
+        lines.append(f"{r['window']:<13} {r['detector']:<11} {r['selection']:>7.3g} {eff_s:>17} "
+                     f"{fmt_value(r.get('signal_expected_sr'), '10.1f'):>10} "
+                     f"{fmt_value(r.get('signal_z_expected'), '6.2f'):>6} "
+                     f"{fmt_value(r.get('signal_upper_limit'), '10.4g', hidden):>10} {exp:>30}"
+                     + (f"  [{r['signal_note']}]" if r.get("signal_note") else ""))
+    return "\n".join(lines)
 
 
 def plot_spectra(stats_outputs: list[dict], plot_dir: Path) -> list[str]:
@@ -170,6 +198,11 @@ def plot_spectra(stats_outputs: list[dict], plot_dir: Path) -> list[str]:
 _LEGEND = ("! sideband fit χ² p-value < 0.01: background model doubtful in this test (flagged in the verdict). "
            "Struck-through rows: no usable background fit, not in the look-elsewhere maximum. "
            "Bold row: the test the verdict quotes. Global Z prefixed by &gt; or ≤ is a bound.")
+_SIGNAL_LEGEND = (" Signal model: eff. = template events in the SR passing the selection (the data's threshold) / "
+                  "template events, ± binomial error; UL95 prod. = CLs limits on produced signal events (SR limit / "
+                  "eff.); Z exp. = median expected discovery Z for {n} produced events.")
+_SIGNAL_COLS = [("signal_efficiency", "sig. eff.", ".3g"), ("signal_upper_limit", "UL95 prod. obs.", ".4g"),
+                ("signal_upper_limit_expected", "UL95 prod. exp.", ".4g"), ("signal_z_expected", "Z exp.", ".2f")]
 
 
 def _table_html(rows: list[dict], best: dict | None = None, ceilings=(), blinded: bool = False) -> str:
@@ -185,6 +218,9 @@ def _table_html(rows: list[dict], best: dict | None = None, ceilings=(), blinded
             ("upper_limit_expected", "UL95 exp.", ".1f")]
     if any("z_global" in r for r in rows):
         cols.insert(8, ("z_global", "Z global", ".2f"))
+    signal = [r for r in rows if r.get("signal_template_events") is not None]
+    if signal:
+        cols += _SIGNAL_COLS
     head = "".join(f"<th>{html.escape(c[1])}</th>" for c in cols) + "<th>fit p</th><th>fit</th>"
     body = []
     for r in rows:
@@ -192,8 +228,13 @@ def _table_html(rows: list[dict], best: dict | None = None, ceilings=(), blinded
         cells = []
         for key, _, spec in cols:
             v = r.get(key)
-            if v is None and blind and key in ("n_observed_sr", "z_local", "upper_limit", "n_selected", "z_global"):
+            if v is None and blind and key in ("n_observed_sr", "z_local", "upper_limit", "n_selected", "z_global",
+                                               "signal_upper_limit"):
                 text = "blind"
+            elif key == "signal_efficiency" and v is not None:
+                text = f"{v:.3g} ± {r['signal_efficiency_unc']:.1g}"
+            elif key.startswith("signal_") and v is None and r.get("signal_note"):
+                text = f"<span title=\"{html.escape(r['signal_note'])}\">n/a</span>"
             elif key == "z_global":
                 text = html.escape(z_global_text(r, ".2f") or "-")
             else:
@@ -212,8 +253,9 @@ def _table_html(rows: list[dict], best: dict | None = None, ceilings=(), blinded
                                ("ceiling", r.get("detector") in ceilings)) if on]
         body.append(f"<tr class=\"{' '.join(cls)}\">" if cls else "<tr>")
         body[-1] += "".join(cells) + "</tr>"
+    legend = _LEGEND + (_SIGNAL_LEGEND.format(n=f"{signal[0]['signal_events']:g}") if signal else "")
     return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            f"<p class='legend'>{_LEGEND}</p>")
+            f"<p class='legend'>{legend}</p>")
 
 
 _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:1.2em auto;color:#222}h1{margin:0 0 .4em}"
@@ -310,81 +352,8 @@ def write_html_report(out_dir: Path) -> Path:
     return path
 
 
-def _band_plot(points, summary_key, y_of, ylabel, *, xlabel="injected S/√B in the SR (before selection)",
-               diag=False, ceilings=()):
-    """Median over seeds with the 16-84% band, per detector, against S/sqrt(B) before selection."""
-    plt, style = _style()
-    dets = sorted({d for p in points for d in p["detectors"] if d != "none" or summary_key == "z"})
-    with style:
-        fig, ax = plt.subplots(figsize=(8, 6))
-        for i, det in enumerate(dets):
-            xs, med, lo, hi = [], [], [], []
-            for n in sorted({p["n_inject"] for p in points}):
-                grp = [p for p in points if p["n_inject"] == n and det in p["detectors"]]
-                vals = [y_of(p, det) for p in grp]
-                vals = [v for v in vals if v is not None]
-                if not vals:
-                    continue
-                xs.append(np.median([p["s_over_sqrt_b"] or 0 for p in grp]))
-                med.append(np.median(vals))
-                lo.append(np.percentile(vals, 16))
-                hi.append(np.percentile(vals, 84))
-            if xs:
-                ls = "--" if det in ceilings else "-"
-                ax.plot(xs, med, ls, marker="o", color=f"C{i}", label=det)
-                ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
-        if diag:
-            lim = ax.get_xlim()
-            ax.plot(lim, lim, ":", color="grey", label="y = x")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=11)
-        return _png_b64(fig)
-
-
 def write_injection_report(out_dir: Path, result: dict, docs: list[dict]) -> Path:
-    """``report.html`` of an injection scan (summary, sensitivity panels, one point in detail)."""
-    import base64
-    import html
+    """``report.html`` of an injection scan (:func:`.injectreport.write_injection_report`)."""
+    from .injectreport import write_injection_report as write
 
-    points = result["points"]
-    ceilings = {c for d in docs for c in d.get("ceilings", [])}
-    head = ("<table><thead><tr><th>signal</th><th>injected</th><th>S/B (SR)</th><th>S/√B (SR)</th>"
-            "<th>detector</th><th>best Z (median)</th><th>max SIC (median)</th><th>AUC</th><th>seeds</th>"
-            "</tr></thead><tbody>")
-    body = "".join(
-        f"<tr><td>{html.escape(Path(r['signal']).name)}</td><td>{r['n_inject']}</td><td>{fmt_value(r['s_over_b'], '.4f')}"
-        f"</td><td>{fmt_value(r['s_over_sqrt_b'], '.2f')}</td><td>{html.escape(r['detector'])}</td>"
-        f"<td>{fmt_value(r['z_best_median'], '.2f')}</td><td>{fmt_value(r['max_sic_median'], '.2f')}</td>"
-        f"<td>{fmt_value(r['auc_median'], '.3f')}</td><td>{r['n_seeds']}</td></tr>" for r in result["summary"])
-    sections = [("Summary (median over seeds)", head + body + "</tbody></table>")]
-    panels = [
-        _img(_band_plot(points, "z", lambda p, d: p["detectors"][d]["z_best"], "best local Z after selection",
-                        diag=True, ceilings=ceilings), "significance vs injected S/sqrt(B): median and 68% band over seeds"),
-        _img(_band_plot(points, "sic", lambda p, d: p["detectors"][d].get("max_sic"), "max SIC", ceilings=ceilings),
-             "max SIC vs injection (dashed: supervised and idealized ceilings)"),
-        _img(_band_plot(points, "ul", lambda p, d: min((v for v in p["detectors"][d]["upper_limit"].values()
-                                                        if v is not None), default=None),
-                        "95% CLs upper limit on signal events (tightest selection)"),
-             "upper limits vs injection"),
-    ]
-    sections.append(("Sensitivity", "".join(panels)))
-    # one point in detail: the largest injection, first seed
-    best = max(range(len(docs)), key=lambda i: (docs[i]["point"]["n_inject"], -docs[i]["point"]["seed"]))
-    doc, pdir = docs[best], Path(out_dir) / result["points_dirs"][best]
-    metrics = doc.get("detector_metrics") or []
-    detail = []
-    if (b := plot_sic_curves(metrics, f"{doc['point']['n_inject']} injected, seed {doc['point']['seed']}")):
-        detail.append(_img(b, "SIC curves with the ceilings"))
-    for p in doc.get("plots", []):
-        if (pdir / p).exists():
-            detail.append(_img(base64.b64encode((pdir / p).read_bytes()).decode(), Path(p).stem))
-    training = json.loads((pdir / "training.json").read_text()) if (pdir / "training.json").exists() else []
-    if (b := plot_training(training)):
-        detail.append(_img(b, "training curves"))
-    sections.append((f"Point in detail: {doc['point']['n_inject']} injected, seed {doc['point']['seed']} "
-                     f"({result['points_dirs'][best]}/report.html)", "".join(detail)))
-    path = Path(out_dir) / "report.html"
-    with atomic_path(path, ".html") as tmp:
-        tmp.write_text(html_page("sideband injection scan", sections))
-    return path
+    return write(out_dir, result, docs)

@@ -17,12 +17,24 @@ def _relative(path: str, out_dir: Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path(out_dir).resolve())
 
 
+def _signal_model(template: EventTable, stats: StatsConfig) -> dict:
+    """What results.json says about the signal template (``stats.signal_model``)."""
+    source = dict(template.sources[0]) if template.sources else {}
+    given = stats.signal_events is not None
+    return {"path": source.get("path", stats.signal_model), "content_hash": source.get("content_hash"),
+            "n_events": template.n_events, "n_background_dropped": source.get("n_background_dropped", 0),
+            "signal_events": float(stats.signal_events) if given else float(template.n_events),
+            "signal_events_from": "stats.signal_events (--signal-events)" if given else
+            "default: the number of template events"}
+
+
 def write_run(outputs: list[WindowTests], table: EventTable, *, meta: dict, out_dir: str, stats: StatsConfig,
-              ceilings: tuple[str, ...] = ()) -> str:
+              ceilings: tuple[str, ...] = (), template: EventTable | None = None) -> str:
     """Collect every (window, detector)'s tests; write results.json, training/timing JSON, plots, HTML.
 
     ``ceilings`` name the truth-based benchmark detectors: shown, but not searches, so not
-    trials of the look-elsewhere correction. Returns the path of results.json.
+    trials of the look-elsewhere correction. ``template``: the signal model's events, if any
+    (results.json ``signal_model``). Returns the path of results.json.
     """
     from .lee import global_significance
     from .report import plot_spectra, write_html_report, write_results
@@ -48,6 +60,7 @@ def write_run(outputs: list[WindowTests], table: EventTable, *, meta: dict, out_
     path = write_results(out, rows, meta | {
         "inputs": list(table.sources), "n_events": table.n_events, "n_injected": table.n_injected,
         "event_table": _relative(table.path, out), "models": models, "ceilings": list(ceilings),
-        "plots": plots, "detector_metrics": metrics, "look_elsewhere": lee})
+        "plots": plots, "detector_metrics": metrics, "look_elsewhere": lee,
+        "signal_model": None if template is None else _signal_model(template, stats)})
     write_html_report(out)
     return str(path)

@@ -34,14 +34,16 @@ from scipy import special, stats
 
 from .fits import (
     SEARCH_N_PARAMS,
+    SPARSE_EVENTS,
     _DijetLikelihood,
+    _options,
     fit_dijet,
     predict_background_batch,
     start_parameters,
 )
 from .stats import z_on_off
 
-__all__ = ["toy_p_value", "toy_p_value_known_background", "use_toys"]
+__all__ = ["toy_p_value", "toy_p_value_gp", "toy_p_value_known_background", "toy_p_value_ratio", "use_toys"]
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +97,19 @@ def _tail(n_min, mean) -> np.ndarray:
     return np.where(~finite, 0.0, np.where(n_min <= 0, 1.0, p))
 
 
-def _p_value(edges, fit_mask, target_mask, z_obs: float, draw_means, *, start: dict, n_toys: int, seed: int,
-             n_params_options, alpha: float, enough: int) -> dict:
-    """The p-value of ``z_obs`` over pseudo-experiments whose expected spectra ``draw_means(rng, k)`` gives.
+def _dijet_procedure(edges, fit_mask, target_mask, *, start: dict, n_params_options, alpha: float):
+    """The search's dijet procedure on many spectra: counts (T, bins) -> SR (b, sigma)."""
+    def predict(toys):
+        return predict_background_batch(edges, toys, fit_mask, target_mask, start=start,
+                                        n_params_options=n_params_options, alpha=alpha)
+    return predict
+
+
+def _p_value(target_mask, z_obs: float, draw_means, predict, *, n_toys: int, seed: int, enough: int,
+             sample=None) -> dict:
+    """The p-value of ``z_obs`` over pseudo-experiments whose expected spectra ``draw_means(rng, k)`` gives,
+    each analysed by ``predict`` (counts -> SR b, sigma) and drawn by ``sample(rng, means)``
+    (Poisson by default).
 
     Batches of 500, then doubling, until the estimate's relative standard error is below
     1/sqrt(``enough``) (the precision of ``enough`` pseudo-experiments beyond Z when counting)
@@ -112,9 +124,8 @@ def _p_value(edges, fit_mask, target_mask, z_obs: float, draw_means, *, start: d
         k = min(batch, n_toys - used)
         batch *= 2
         means = draw_means(rng, k)
-        toys = rng.poisson(means)
-        b, sb = predict_background_batch(edges, toys, fit_mask, target_mask, start=start,
-                                         n_params_options=n_params_options, alpha=alpha)
+        toys = rng.poisson(means) if sample is None else sample(rng, means)
+        b, sb = predict(toys)
         ok = np.isfinite(b) & np.isfinite(sb)
         failed += int((~ok).sum())
         mean_sr = means[:, target_mask].sum(1)
@@ -208,7 +219,9 @@ def toy_p_value(edges, counts, fit_mask, target_mask, z_obs: float, *, n_toys: i
     uncertainties, on/off Z (:func:`z_on_off`). Its SR count is not drawn: it contributes the
     Poisson probability that the SR count reaches ``z_obs`` (see the module docstring).
 
-    Why the simplest function and not the F-test's choice: with few sideband events a more
+    The simplest function is that of the ladder the observed spectrum climbs (3 parameters
+    below :data:`.fits.SPARSE_EVENTS` sideband events). Why the simplest function and not the
+    F-test's choice: with few sideband events a more
     flexible function can dive (or rise) across the 400 GeV SR gap, predicting b far below any
     plausible truth with sigma_b >> b. As a null it makes its pseudo-experiments dive too, so
     an ordinary fluctuation looks rare. Measured on background-only experiments of a smooth
@@ -232,10 +245,12 @@ def toy_p_value(edges, counts, fit_mask, target_mask, z_obs: float, *, n_toys: i
     fit_mask = np.asarray(fit_mask, bool)
     target_mask = np.asarray(target_mask, bool)
     counts = np.asarray(counts, dtype=np.float64)
-    null, draw_means, how = _sideband_null(edges, counts, fit_mask, n_params_options)
+    ladder_options = _options(n_params_options, counts[fit_mask].sum(), SPARSE_EVENTS)  # 3 first when sparse
+    null, draw_means, how = _sideband_null(edges, counts, fit_mask, ladder_options)
     start = start_parameters(edges, null.expected, fit_mask, n_params_options)
-    out = _p_value(edges, fit_mask, target_mask, float(z_obs), draw_means, start=start, n_toys=n_toys, seed=seed,
-                   n_params_options=n_params_options, alpha=alpha, enough=enough)
+    predict = _dijet_procedure(edges, fit_mask, target_mask, start=start, n_params_options=n_params_options,
+                               alpha=alpha)
+    out = _p_value(target_mask, float(z_obs), draw_means, predict, n_toys=n_toys, seed=seed, enough=enough)
     return out | {"null_n_params": int(null.n_params),
                   "null": f"{null.n_params}-parameter dijet fit to the sidebands, {how}"}
 
@@ -268,6 +283,95 @@ def toy_p_value_known_background(edges, background, fit_mask, target_mask, z_obs
         return np.broadcast_to(background, (k, len(background)))
 
     start = start_parameters(edges, background, fit_mask, n_params_options)
-    out = _p_value(edges, fit_mask, target_mask, float(z_obs), draw_means, start=start, n_toys=n_toys, seed=seed,
-                   n_params_options=n_params_options, alpha=alpha, enough=enough)
+    predict = _dijet_procedure(edges, fit_mask, target_mask, start=start, n_params_options=n_params_options,
+                               alpha=alpha)
+    out = _p_value(target_mask, float(z_obs), draw_means, predict, n_toys=n_toys, seed=seed, enough=enough)
     return out | {"null_n_params": None, "null": "known background"}
+
+
+def toy_p_value_ratio(edges, total, passed, fit_mask, target_mask, z_obs: float, *, n_toys: int = 10_000,
+                      seed: int = 0, n_params_options=None, alpha: float = 0.05, enough: int = 50,
+                      sparse_below: float = SPARSE_EVENTS) -> dict:
+    """:func:`toy_p_value` for the efficiency-ratio background (:mod:`.ratio`).
+
+    The background-only hypothesis is the efficiency the test fits to the sidebands (the F-test's
+    degree), with its parameters drawn from the fit's Gaussian approximation (the logistic
+    likelihood is log-concave, so the approximation holds far better than for the dijet
+    function); the selected counts of a pseudo-experiment are Binomial(all_i, eps_i) with the
+    inclusive counts ``total`` fixed (the conditional inference of :mod:`.ratio`). Each is
+    analysed by the same procedure (ladder, both uncertainties, on/off Z); the SR count
+    contributes its Poisson tail (the Binomial's variance is (1 - eps) times smaller, so the
+    tail is slightly conservative).
+    """
+    from .ratio import RATIO_N_PARAMS, ratio_predict, ratio_predict_batch
+
+    opts = tuple(n_params_options or RATIO_N_PARAMS)
+    if not z_obs > 0:
+        return {"p0": 1.0, "p0_err": 0.0, "z": 0.0, "n_toys": 0, "n_above": 0, "n_failed": 0, "bound": False,
+                "null_n_params": None, "null": "none needed (no excess)"}
+    fit_mask = np.asarray(fit_mask, bool)
+    target_mask = np.asarray(target_mask, bool)
+    total = np.asarray(total, dtype=np.float64)
+    null = ratio_predict(edges, total, passed, fit_mask, target_mask, n_params_options=opts, alpha=alpha,
+                         sparse_below=sparse_below).fit
+    from .ratio import _design  # the null's efficiency at parameter draws
+
+    x = _design(edges, null.n_params)
+    cov = 0.5 * (null.cov + null.cov.T)
+    root = np.linalg.cholesky(cov + 1e-12 * np.eye(len(cov))) if np.all(np.isfinite(cov)) else None
+
+    def draw_means(rng, k):
+        theta = null.params + (0.0 if root is None else rng.standard_normal((k, len(null.params))) @ root.T)
+        return total * special.expit(np.atleast_2d(theta) @ x.T)
+
+    def sample(rng, means):
+        eps = np.divide(means, total, out=np.zeros_like(means), where=total > 0)
+        return rng.binomial(total.astype(np.int64), np.clip(eps, 0.0, 1.0))
+
+    def predict(toys):
+        b, sb, _, _ = ratio_predict_batch(edges, total, toys, fit_mask, target_mask, n_params_options=opts,
+                                          alpha=alpha, sparse_below=sparse_below)
+        return b, sb
+
+    out = _p_value(target_mask, float(z_obs), draw_means, predict, n_toys=n_toys, seed=seed, enough=enough,
+                   sample=sample)
+    how = "parameters drawn from its Gaussian uncertainty" if root is not None else "fit covariance unusable"
+    return out | {"null_n_params": int(null.n_params),
+                  "null": f"{null.n_params}-parameter efficiency fit to the sidebands, {how}"}
+
+
+def toy_p_value_gp(pred, z_obs: float, *, n_toys: int = 10_000, seed: int = 0, enough: int = 50) -> dict:
+    """:func:`toy_p_value` for the Gaussian-process background (:mod:`.gp`), hyperparameters fixed.
+
+    ``pred`` is the :class:`.gp.GPPrediction` of the observed spectrum. The background-only
+    hypothesis is its posterior: sideband bins at the posterior mean, the SR total drawn from
+    the posterior N(b, sigma) (reflected at 0; the SR bins keep the posterior's shape). Each
+    pseudo-experiment's sidebands are Poisson and analysed with the observed fit's
+    hyperparameters, mean and noise (:func:`.gp.gp_predict_batch`, for which the prediction
+    is linear in the counts and sigma fixed); refitting the hyperparameters per
+    pseudo-experiment (~0.1 s each) is left out, so the spread of the fitted kernel is not in
+    the statistic's distribution. The SR count contributes its Poisson tail as in
+    :func:`toy_p_value`.
+    """
+    from .gp import gp_predict_batch
+
+    if not z_obs > 0:
+        return {"p0": 1.0, "p0_err": 0.0, "z": 0.0, "n_toys": 0, "n_above": 0, "n_failed": 0, "bound": False,
+                "null_n_params": None, "null": "none needed (no excess)"}
+    state = pred._state
+    target = np.asarray(state["target_mask"], bool)
+    shape = np.maximum(np.asarray(pred.expected, dtype=np.float64), 0.0)
+    in_sr = shape[target].sum()
+
+    def draw_means(rng, k):
+        b = np.abs(pred.b + pred.sigma * rng.standard_normal(k))  # truncated by reflection at 0
+        means = np.broadcast_to(shape, (k, len(shape))).copy()
+        means[:, target] *= (b / in_sr)[:, None] if in_sr > 0 else 0.0
+        return means
+
+    def predict(toys):
+        return gp_predict_batch(pred, toys)
+
+    out = _p_value(target, float(z_obs), draw_means, predict, n_toys=n_toys, seed=seed, enough=enough)
+    return out | {"null_n_params": None,
+                  "null": "GP posterior of the sidebands (SR total drawn from it; hyperparameters fixed)"}

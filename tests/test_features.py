@@ -62,3 +62,16 @@ def test_event_with_one_jet_is_not_kept():
     jets, keep = cluster_particles(pt, eta, phi)
     assert keep.tolist() == [False]
     assert len(jets["pxj1"]) == 0
+
+
+def test_extended_and_extra_columns_follow_the_canonical_ones_with_label_last():
+    jets = lhco_jets(50, seed=3)
+    rng = np.random.default_rng(3)
+    for i in (1, 2):
+        jets[f"tau5_b0.5j{i}"] = rng.uniform(0, 0.1, 50)
+    ev = events_from_jets(jets, np.zeros(50), {"my_var": rng.normal(size=50), "n_tracks": np.arange(50)})
+    assert list(ev.columns) == CANONICAL_COLUMNS + ["tau5_b0.5_j1", "tau5_b0.5_j2", "my_var", "n_tracks", "label"]
+    lighter_is_2 = jets["mj2"] < jets["mj1"]
+    np.testing.assert_allclose(ev["tau5_b0.5_j1"], np.where(lighter_is_2, jets["tau5_b0.5j2"], jets["tau5_b0.5j1"]),
+                               rtol=1e-6)
+    assert ev["my_var"].dtype == np.float32 and ev["n_tracks"].dtype.kind == "i"

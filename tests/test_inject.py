@@ -51,13 +51,57 @@ def test_summary_has_medians_over_seeds(scan):
     assert rows[(200, "supervised")]["n_seeds"] == 2 and rows[(200, "supervised")]["max_sic_median"] > 1
     assert rows[(0, "cwola")]["max_sic_median"] is None  # no signal, no SIC
     assert rows[(200, "none")]["z_best_median"] is not None
+    for r in res["summary"]:
+        lo, hi = r["z_best_band"]
+        assert lo <= r["z_best_median"] <= hi
+        lo, hi = r["z_global_band"]
+        assert lo <= r["z_global_median"] <= hi
+        assert r["z_global_median"] <= r["z_best_median"] + 1e-9  # look-elsewhere never adds significance
+
+
+#: The blind scan the global Z counts: the 9 windows of the default regions.scan, each with the
+#: inclusive test and cwola's 2 selections (supervised is a ceiling, not a search).
+SCAN_TESTS = 9 * (1 + 1 * 2)
+
+
+def test_global_z_counts_every_test_of_the_blind_scan(scan):
+    _, res = scan
+    lee = res["sensitivity"]["look_elsewhere"]
+    assert lee["n_tests"] == SCAN_TESTS and len(lee["scan_windows"]) == 9 and "sqrt(b / b_own)" in lee["construction"]
+    for p in res["points"]:
+        assert p["look_elsewhere"]["n_tests"] == SCAN_TESTS
+        assert p["look_elsewhere"]["windows"]["stands_for"] == {"3300-3700": "3270-3690"}
+        assert p["detectors"]["cwola"]["global"]["n_tests"] == SCAN_TESTS
+        if "supervised" in p["detectors"]:  # a ceiling: one more detector of the scan, in its own toy run
+            assert p["detectors"]["supervised"]["global"]["n_tests"] == SCAN_TESTS + 9 * 2
+        for d in p["detectors"].values():
+            assert d["z_global"] is not None and 0 <= d["z_global"] <= d["z_best"] + 1e-9
+
+
+def test_sensitivity_curves_and_crossings(scan):
+    _, res = scan
+    sens = res["sensitivity"]
+    curves = {c["detector"]: c for c in sens["curves"]}
+    assert set(curves) == {"none", "cwola", "supervised"}
+    cw = curves["cwola"]["points"]
+    assert [p["n_inject"] for p in cw] == [0, 200] and all(p["n_seeds"] == 2 for p in cw)
+    assert cw[0]["s_over_sqrt_b"] == 0 and cw[1]["s_over_sqrt_b"] > 0
+    assert [p["n_inject"] for p in curves["supervised"]["points"]] == [200]  # not run without signal
+    xs = {(x["detector"], x["statistic"], x["level"]): x for x in sens["crossings"]}
+    assert len(xs) == 3 * 2 * 2
+    for x in xs.values():  # a value with its bootstrap uncertainty, or None with the reason
+        assert (x["s_over_sqrt_b"] is None) != (x["reason"] is None)
+    assert xs[("supervised", "global", 3.0)]["reason"] == "fewer than 2 injection points with a Z"
 
 
 def test_injection_report_is_self_contained(scan):
     out, _ = scan
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 5  # Z, SIC, limits, SIC curves, spectra (+ training)
+    # sensitivity curves, SIC, limits, SIC curves, spectra (+ training)
+    assert page.count("data:image/png;base64,") + page.count("data:image/svg+xml;base64,") >= 6
     assert "<table>" in page and "Summary" in page and "src=\"http" not in page
+    assert "Sensitivity curves" in page and "Crossing points" in page
+    assert f"Global Z counts <b>{SCAN_TESTS}</b> tests" in page and "3270-3690" in page
 
 
 def test_search_report_blind_and_unblind(scan, tmp_path, small_h5):
@@ -83,4 +127,5 @@ def test_rerun_resumes_every_point(scan, tmp_path):
                  "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
     after = {p: p.stat().st_mtime_ns for p in (out / "cache").glob("train-*.npz")}
     assert after == before  # nothing retrained
-    assert json.loads((out / "inject_results.json").read_text())["summary"] == res["summary"]
+    again = json.loads((out / "inject_results.json").read_text())
+    assert again["summary"] == res["summary"] and again["sensitivity"] == res["sensitivity"]  # toys seeded

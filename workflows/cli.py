@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unblind", action="store_true",
                    help="show the signal-region data: observed counts, Z and observed limits "
                         "(hidden by default; results.json records the choice)")
+    s.add_argument("--signal-model", default=None, metavar="FILE",
+                   help="signal template (LHC Olympics features HDF5 of signal events): per test, its efficiency "
+                        "through the selection, limits on produced signal events and the expected Z "
+                        "(default: stats.signal_model)")
+    s.add_argument("--signal-events", type=float, default=None, metavar="N",
+                   help="produced signal events for the expected Z (default: stats.signal_events, else the "
+                        "number of events in the --signal-model file)")
     s.add_argument("--no-progress", action="store_true", help="print no progress (default: a bar on a terminal, one line per finished stage otherwise)")
     s.set_defaults(func=_cmd_search)
 
@@ -147,6 +154,10 @@ def _overrides(args) -> dict:
         out["seed"] = args.seed
     if args.scheduler is not None:
         out["compute"] = {"scheduler": args.scheduler}
+    stats = {k: v for k, v in (("signal_model", getattr(args, "signal_model", None)),
+                               ("signal_events", getattr(args, "signal_events", None))) if v is not None}
+    if stats:
+        out["stats"] = stats
     return out
 
 
@@ -213,12 +224,17 @@ def _cmd_inject(args) -> int:
         raise SidebandUserError(f"--counts {args.counts!r}: give comma-separated integers, e.g. 0,300,600") from None
     res = run_injection(cfg, args.out, counts=counts, seeds=args.seeds, signals=args.signal,
                         progress=_progress(args))
-    print(f"{'signal':<28} {'inj':>5} {'S/sqrtB':>7} {'detector':<11} {'Z best':>7} {'max SIC':>7} {'AUC':>6}")
+    print(f"{'signal':<28} {'inj':>5} {'S/sqrtB':>7} {'detector':<11} {'Z local':>7} {'Z glob':>7} {'max SIC':>7} "
+          f"{'AUC':>6}")
     from sideband.pipeline.report import fmt_value as f
+    from sideband.pipeline.sensitivity import format_sensitivity
 
     for r in res["summary"]:
         print(f"{Path(r['signal']).name:<28} {r['n_inject']:>5} {r['s_over_sqrt_b']:>7.2f} {r['detector']:<11} "
-              f"{f(r['z_best_median'], '7.2f'):>7} {f(r['max_sic_median'], '7.2f'):>7} {f(r['auc_median'], '6.3f'):>6}")
+              f"{f(r['z_best_median'], '7.2f'):>7} {f(r.get('z_global_median'), '7.2f'):>7} "
+              f"{f(r['max_sic_median'], '7.2f'):>7} {f(r['auc_median'], '6.3f'):>6}")
+    if res.get("sensitivity"):
+        print("\n" + format_sensitivity(res["sensitivity"]))
     print(f"\nresults: {args.out}/inject_results.json   report: {args.out}/report.html")
     return 0
 

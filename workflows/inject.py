@@ -10,6 +10,13 @@ selection, and the S/B and S/sqrt(B) in the SR before any selection.
 
 Detectors that learn from signal labels (the supervised ceiling) are left out of points
 with no injected signal.
+
+Sensitivity curves (:mod:`sideband.pipeline.sensitivity`): per detector, the median and
+16-84% band over seeds of the global Z and of the local Z (best selection) against the
+injected S/sqrt(B), and the S/sqrt(B) where the median global Z crosses 3 and 5. The global
+Z counts every test of the blind scan of ``regions.scan`` (windows x detectors x selections
+plus the inclusive tests), although a point only runs its own window; the module docstring
+there gives the construction and its approximations, inject_results.json the number of tests.
 """
 
 from __future__ import annotations
@@ -24,7 +31,10 @@ from sideband.detectors.base import load_detector_class
 from sideband.pipeline.cache import cache_key, write_json
 from sideband.pipeline.config import Config, InjectConfig
 from sideband.pipeline.exceptions import SidebandUserError
-from sideband.pipeline.graph import Graph, Node
+from sideband.pipeline.graph import Graph, Node, Ref
+from sideband.pipeline.regions import scan_windows
+from sideband.pipeline.sensitivity import (CONSTRUCTION, background_in_windows, point_global, seed_band,
+                                           sensitivity_curves)
 
 from .search_graph import build_search_graph
 
@@ -42,66 +52,119 @@ def _point_config(cfg: Config, signal: str, n: int, seed: int) -> Config:
                                   "data": cfg.data.model_copy(update={"inject": inject})})
 
 
+def _point_record(doc: dict) -> dict:
+    """One point: S and B in the SR before selection, and per detector its Z, limits, SIC and global Z."""
+    rows = doc["results"]
+    none = next(r for r in rows if r["detector"] == "none" and r["window"] == rows[0]["window"])
+    s = none.get("n_signal_sr_truth", 0) or 0
+    b = none["n_observed_sr"] - s
+    rec = {**doc["point"], "window": none["window"], "s_sr": s, "b_sr": b, "s_over_b": s / b if b else None,
+           "s_over_sqrt_b": s / np.sqrt(b) if b else None, "detectors": {}}
+    glob = doc.get("scan_global") or {}
+    if glob:
+        rec["look_elsewhere"] = {k: glob.get(k) for k in ("n_tests", "n_toys", "windows")}
+    metrics = {m["detector"]: m for m in doc.get("detector_metrics", []) if m["window"] == none["window"]}
+    for r in rows:
+        if r["window"] != none["window"]:
+            continue
+        d = rec["detectors"].setdefault(r["detector"], {"z": {}, "upper_limit": {}, "upper_limit_expected": {}})
+        d["z"][str(r["selection"])] = r["z_local"]
+        d["upper_limit"][str(r["selection"])] = r["upper_limit"]
+        d["upper_limit_expected"][str(r["selection"])] = r["upper_limit_expected"]
+    for name, d in rec["detectors"].items():
+        zs = [z for z in d["z"].values() if z is not None]
+        d["z_best"] = max(zs) if zs else None
+        g = (glob.get("detectors") or {}).get(name) or {"z_global": None, "reason": "no look-elsewhere model"}
+        d["z_global"] = g["z_global"]
+        d["global"] = {k: v for k, v in g.items() if k != "z_global"}
+        m = metrics.get(name) or {}
+        d["max_sic"], d["auc"] = m.get("max_sic"), m.get("auc")
+        if m.get("sic"):
+            d["sic_curve"] = {"eps_s": m["eps_s"], "sic": m["sic"]}
+    return rec
+
+
+def _group_row(sig: str, n: int, name: str, group: list[dict]) -> dict:
+    """Medians (and 16-84% bands of the Z) over the seeds of one (signal, count, detector)."""
+    vals = [p["detectors"][name] for p in group if name in p["detectors"]]
+
+    def med(key):
+        return seed_band(v.get(key) for v in vals)[0]
+
+    z_local, z_local_band = seed_band(v["z_best"] for v in vals)
+    z_global, z_global_band = seed_band(v["z_global"] for v in vals)
+    tests = sorted({v["global"].get("n_tests") for v in vals} - {None})
+    return {"signal": sig, "n_inject": n, "detector": name, "n_seeds": len(vals),
+            "s_over_sqrt_b": seed_band(p["s_over_sqrt_b"] for p in group)[0],
+            "s_over_b": seed_band(p["s_over_b"] for p in group)[0],
+            "z_best_median": z_local, "z_best_band": z_local_band, "z_global_median": z_global,
+            "z_global_band": z_global_band, "n_tests_global": tests[0] if len(tests) == 1 else tests or None,
+            "max_sic_median": med("max_sic"), "auc_median": med("auc")}
+
+
 def summarise_points(point_docs: list[dict]) -> dict:
-    """Per-point records and the median over seeds per (signal, count, detector)."""
-    points = []
-    for doc in point_docs:
-        p = doc["point"]
-        rows = doc["results"]
-        none = next(r for r in rows if r["detector"] == "none" and r["window"] == rows[0]["window"])
-        s = none.get("n_signal_sr_truth", 0) or 0
-        b = none["n_observed_sr"] - s
-        rec = {**p, "window": none["window"], "s_sr": s, "b_sr": b, "s_over_b": s / b if b else None,
-               "s_over_sqrt_b": s / np.sqrt(b) if b else None, "detectors": {}}
-        metrics = {m["detector"]: m for m in doc.get("detector_metrics", []) if m["window"] == none["window"]}
-        for r in rows:
-            if r["window"] != none["window"]:
-                continue
-            d = rec["detectors"].setdefault(r["detector"], {"z": {}, "upper_limit": {}, "upper_limit_expected": {}})
-            d["z"][str(r["selection"])] = r["z_local"]
-            d["upper_limit"][str(r["selection"])] = r["upper_limit"]
-            d["upper_limit_expected"][str(r["selection"])] = r["upper_limit_expected"]
-        for name, d in rec["detectors"].items():
-            zs = [z for z in d["z"].values() if z is not None]
-            d["z_best"] = max(zs) if zs else None
-            m = metrics.get(name) or {}
-            d["max_sic"], d["auc"] = m.get("max_sic"), m.get("auc")
-            if m.get("sic"):
-                d["sic_curve"] = {"eps_s": m["eps_s"], "sic": m["sic"]}
-        points.append(rec)
+    """Per-point records, the medians over seeds per (signal, count, detector), the sensitivity curves.
+
+    A doc is a point's results.json plus ``point`` (signal, n_inject, seed) and, when the
+    look-elsewhere model of the blind scan was built, ``scan_global``
+    (:func:`sideband.pipeline.sensitivity.point_global`).
+    """
+    points = [_point_record(doc) for doc in point_docs]
     summary = []
-    keys = sorted({(p["signal"], p["n_inject"]) for p in points}, key=lambda k: (k[0], k[1]))
-    for sig, n in keys:
+    for sig, n in sorted({(p["signal"], p["n_inject"]) for p in points}):
         group = [p for p in points if p["signal"] == sig and p["n_inject"] == n]
-        names = sorted({d for p in group for d in p["detectors"]})
-        for name in names:
-            vals = [p["detectors"][name] for p in group if name in p["detectors"]]
-
-            def med(key, vals=vals):
-                xs = [v[key] for v in vals if v.get(key) is not None]
-                return float(np.median(xs)) if xs else None
-
-            summary.append({"signal": sig, "n_inject": n, "detector": name, "n_seeds": len(vals),
-                            "s_over_sqrt_b": float(np.median([p["s_over_sqrt_b"] for p in group])),
-                            "s_over_b": float(np.median([p["s_over_b"] for p in group])),
-                            "z_best_median": med("z_best"), "max_sic_median": med("max_sic"),
-                            "auc_median": med("auc")})
-    return {"points": points, "summary": summary}
+        summary += [_group_row(sig, n, name, group) for name in sorted({d for p in group for d in p["detectors"]})]
+    sens = sensitivity_curves(points)
+    tests = sorted({p["look_elsewhere"]["n_tests"] for p in points if p.get("look_elsewhere")})
+    sens["look_elsewhere"] = {"n_tests": tests[0] if len(tests) == 1 else tests or None, "construction": CONSTRUCTION}
+    return {"points": points, "summary": summary, "sensitivity": sens}
 
 
-def inject_report_node(point_results: list[str], *, out_dir: str, meta: dict) -> str:
-    """Collect the points into inject_results.json and report.html."""
+def point_lee_node(results: str, *, point: dict, scan: list[dict], n_toys: int) -> dict:
+    """One point's global Z over the blind scan (:func:`point_global`), B_w from its event table.
+
+    A node of its own per point, so that a cluster runs the points' toys concurrently.
+    """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    doc = json.loads(Path(results).read_text())
+    table = Path(results).parent / doc["event_table"]
+    cols = ["mjj"] + (["label"] if "label" in pq.read_schema(table).names else [])
+    events = pd.read_parquet(table, columns=cols)
+    background = background_in_windows(events["mjj"].to_numpy(), events["label"].to_numpy() if "label" in events
+                                       else None, scan)
+    glob = point_global(doc, scan=scan, background=background, n_toys=n_toys,
+                        seed=int(cache_key("inject-lee", point)[:7], 16))
+    return glob | {"scan_windows": [w["name"] for w in scan]}
+
+
+def inject_report_node(point_results: list[str], point_lee: list[dict], *, out_dir: str, meta: dict) -> str:
+    """Collect the points and their global Z into inject_results.json and report.html."""
     from sideband.pipeline.report import write_injection_report
 
     docs = []
-    for path, point in zip(point_results, meta["points"]):
+    for path, point, glob in zip(point_results, meta["points"], point_lee):
         doc = json.loads(Path(path).read_text())
         doc["point"] = point
+        doc["scan_global"] = glob
         docs.append(doc)
     result = summarise_points(docs) | {"config": meta["config"], "points_dirs": meta["dirs"]}
+    result["sensitivity"]["look_elsewhere"]["scan_windows"] = [w["name"] for w in meta["scan_windows"]]
     out = write_json(Path(out_dir) / "inject_results.json", result)
     write_injection_report(Path(out_dir), result, docs)
     return str(out)
+
+
+def _blind_scan(cfg: Config) -> list[dict]:
+    """The windows of ``regions.scan``: the blind scan whose tests the global Z counts."""
+    s = cfg.regions.scan
+    try:
+        windows = scan_windows(s.range, s.width, s.step, cfg.fit.range, cfg.regions.sideband_width)
+    except SidebandUserError as exc:
+        raise SidebandUserError(f"regions.scan: {exc} (the injection's look-elsewhere correction counts the "
+                                "blind scan of regions.scan; set regions.scan.range inside fit.range)") from None
+    return [w.to_dict() for w in windows]
 
 
 def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None = None, seeds: int | None = None,
@@ -121,8 +184,9 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
     for s in signals:
         if not Path(s).exists():
             raise SidebandUserError(f"{s}: no such signal file; check --signal")
+    scan = _blind_scan(cfg)
     g = Graph()
-    finals, points, dirs = [], [], []
+    finals, lees, points, dirs = [], [], [], []
     for sig in signals:
         stem = Path(sig).stem
         for n in counts:
@@ -132,15 +196,18 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
                 sub, _ = build_search_graph(_point_config(cfg, sig, n, seed), pdir, out / "cache",
                                             meta={"mode": "inject", "seed": seed}, blind=False)
                 g.update(sub)
+                point = {"signal": sig, "signal_name": stem, "n_inject": n, "seed": seed}
                 finals.append(sub.final)
-                points.append({"signal": sig, "signal_name": stem, "n_inject": n, "seed": seed})
+                lees.append(g.add(Node(f"inject-lee-{cache_key(point, str(pdir.resolve()))}", point_lee_node,
+                                       {"results": Ref(sub.final), "point": point, "scan": scan,
+                                        "n_toys": int(cfg.stats.global_toys)}, kind="lee")))
+                points.append(point)
                 dirs.append(str(pdir.relative_to(out)))
-    from sideband.pipeline.graph import Ref
-
     key = cache_key("inject", [p for p in points])
     final = g.add(Node(f"inject-report-{key}", inject_report_node,
-                       {"point_results": [Ref(f) for f in finals], "out_dir": str(out),
-                        "meta": {"points": points, "dirs": dirs, "config": cfg.to_dict()}}, kind="report"))
+                       {"point_results": [Ref(f) for f in finals], "point_lee": lees, "out_dir": str(out),
+                        "meta": {"points": points, "dirs": dirs, "config": cfg.to_dict(), "scan_windows": scan}},
+                       kind="report"))
     g.final = final.key
     log.info("injection scan: %d points, %d nodes", len(points), len(g.nodes))
     path = run_with_progress(g, cfg.compute, progress)

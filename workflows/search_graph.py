@@ -22,6 +22,7 @@ from sideband.pipeline.scores import merge_folds
 from sideband.pipeline.summary import write_run
 from sideband.pipeline.table import data_identity, load_table
 
+from .signal_model import TEMPLATE_VERSION, check_signal_model, load_template, score_template, template_identity
 from .training import DetectorSpec, fit_sideband_stage, train_fold
 
 __all__ = ["build_search_graph", "decide_device", "NODE_VERSION", "STATS_VERSION"]
@@ -29,7 +30,8 @@ __all__ = ["build_search_graph", "decide_device", "NODE_VERSION", "STATS_VERSION
 #: Bumped whenever node outputs change meaning or format, so stale caches are not reused.
 NODE_VERSION = 2
 #: Bumped when the statistics change: statistics nodes rerun, trained models are reused.
-STATS_VERSION = 5
+#: 6: signal-model fields (template efficiency, limits on produced events, expected Z).
+STATS_VERSION = 6
 
 
 def decide_device(compute: ComputeConfig) -> str:
@@ -66,13 +68,19 @@ def _spec(cfg: Config, name: str, device: str, stage: str) -> tuple[DetectorSpec
 
 
 def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, device: str, cache: Path,
-                    data_id: dict) -> Ref:
-    """Sideband stage, folds and merge of one (window, detector); returns the merged scores."""
+                    data_id: dict, template: tuple[Ref, str] | None = None) -> tuple[Ref, Ref | None]:
+    """Sideband stage, folds and merge of one (window, detector); returns the merged scores, and
+    the signal template's scores by the same fold models when there is a ``template`` (its
+    load node and content hash)."""
     cls = load_detector_class(name)
     det = cfg.detectors[name]
     feats = list(det.features or cfg.features)
     spec, gpu = _spec(cfg, name, device, "fit")
-    tkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, spec.params, feats, det.folds)
+    # A signal template is scored by the fold models, so the folds are asked to keep them (train_fold
+    # saves those of detectors with keeps_model); the key says so, a cached fold without models is not reused.
+    keep = cls.keeps_model or template is not None
+    extra = () if keep == cls.keeps_model else ("keep models",)
+    tkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, spec.params, feats, det.folds, *extra)
     stage = None
     if cls.needs_sideband_stage:
         pspec, pgpu = _spec(cfg, name, device, "sidebands")
@@ -83,13 +91,38 @@ def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, 
                            kind="prepare", resources=pgpu, cache=str(cache / f"prepare-{pkey}.json")))
     folds = []
     for k in range(det.folds):
-        model = str(cache / "models" / f"{name}-{w.name}-f{k}-{tkey}") if cls.keeps_model else None
+        model = str(cache / "models" / f"{name}-{w.name}-f{k}-{tkey}") if keep else None
         folds.append(g.add(Node(f"train-{name}-{w.name}-f{k}-{tkey}", train_fold,
                                 {"table": table, "stage": stage, "spec": spec, "window": w, "fold": k,
                                  "seed": cfg.seed, "model_path": model},
                                 kind="train", resources=gpu, cache=str(cache / f"train-{tkey}-f{k}.npz"))))
-    return g.add(Node(f"merge-{name}-{w.name}-{tkey}", merge_folds, {"table": table, "folds": folds},
-                      kind="merge", cache=str(cache / f"scores-{tkey}.npz")))
+    merged = g.add(Node(f"merge-{name}-{w.name}-{tkey}", merge_folds, {"table": table, "folds": folds},
+                        kind="merge", cache=str(cache / f"scores-{tkey}.npz")))
+    if template is None:
+        return merged, None
+    ref, ident = template
+    xkey = cache_key(TEMPLATE_VERSION, tkey, ident)
+    scored = g.add(Node(f"template-{name}-{w.name}-{xkey}", score_template,
+                        {"template": ref, "folds": folds, "detector": name},
+                        kind="template", resources=gpu, cache=str(cache / f"template-scores-{xkey}.npz")))
+    return merged, scored
+
+
+def _template_node(g: Graph, cfg: Config, cache: Path) -> tuple[Ref, str] | None:
+    """The signal template's load node and content hash, or None without ``stats.signal_model``.
+
+    The file is checked here, while the graph is built: a missing or unreadable template is a
+    user error before anything trains.
+    """
+    path = cfg.stats.signal_model
+    if path is None:
+        return None
+    check_signal_model(path)
+    ident = template_identity(path)
+    key = cache_key(TEMPLATE_VERSION, ident)
+    ref = g.add(Node(f"load-template-{key}", load_template, {"path": str(path), "cache_dir": str(cache)},
+                     kind="load", cache=str(cache / f"template-{key}.json")))
+    return ref, ident
 
 
 def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path | None = None,
@@ -106,20 +139,26 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
     table = g.add(Node(f"load-{lkey}", load_table, {"data": cfg.data, "cache_dir": str(cache), "seed": cfg.seed,
                                                     "signal_regions": srs},
                        kind="load", cache=str(cache / f"table-{lkey}.json")))
+    template = _template_node(g, cfg, cache)
     stats_args = {"fit": cfg.fit, "stats": cfg.stats, "blind": blind, "seed": cfg.seed}
-    skey_common = (STATS_VERSION, cfg.fit.model_dump(mode="json"), cfg.stats.model_dump(mode="json"), blind)
+    # The template enters the keys by content (its path is left out: a moved file is the same template).
+    stats_id = cfg.stats.model_dump(mode="json", exclude={"signal_model"}) | {"signal_model": template and template[1]}
+    skey_common = (STATS_VERSION, cfg.fit.model_dump(mode="json"), stats_id, blind)
     outputs = []
     for w in windows:
         skey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), "none", *skey_common)
         outputs.append(g.add(Node(f"stats-none-{w.name}-{skey}", evaluate_window,
-                                  {"table": table, "scores": None, "window": w, "detector": "none", **stats_args},
+                                  {"table": table, "scores": None, "window": w, "detector": "none", **stats_args,
+                                   **({"template": template[0]} if template else {})},
                                   kind="stats", cache=str(cache / f"stats-{skey}.json"))))
         for name in cfg.enabled_detectors():
-            merged = _detector_nodes(g, cfg, table, w, name, device=device, cache=cache, data_id=data_id)
+            merged, scored = _detector_nodes(g, cfg, table, w, name, device=device, cache=cache, data_id=data_id,
+                                             template=template)
             skey = cache_key(merged.key, *skey_common)
             outputs.append(g.add(Node(f"stats-{name}-{w.name}-{skey}", evaluate_window,
                                       {"table": table, "scores": merged, "window": w, "detector": name,
-                                       **stats_args},
+                                       **stats_args,
+                                       **({"template": template[0], "template_scores": scored} if template else {})},
                                       kind="stats", cache=str(cache / f"stats-{skey}.json"))))
     meta = dict(meta or {})
     meta["blinded"] = blind
@@ -129,6 +168,7 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
     ceilings = tuple(n for n in cfg.enabled_detectors() if load_detector_class(n).requires_truth)
     report = g.add(Node(f"report-{cache_key(str(out_dir.resolve()), lkey)}", write_run,
                         {"outputs": outputs, "table": table, "meta": meta, "out_dir": str(out_dir),
-                         "stats": cfg.stats, "ceilings": ceilings}, kind="report"))
+                         "stats": cfg.stats, "ceilings": ceilings, "template": template and template[0]},
+                        kind="report"))
     g.final = report.key
     return g, windows

@@ -100,7 +100,8 @@ def train_fold(table: EventTable, stage: SidebandStage | None, *, spec: Detector
     """Fit the detector on the window's events outside ``fold``; score every other event.
 
     Scores are NaN for the training events. With ``model_path`` (detectors that keep their
-    models) the fitted model is saved there with a sidecar JSON.
+    models, and every detector when a signal template is to be scored) the fitted model is
+    saved there with a sidecar JSON.
     """
     limit_threads(spec.threads)
     t0 = time.perf_counter()
@@ -126,6 +127,6 @@ def train_fold(table: EventTable, stage: SidebandStage | None, *, spec: Detector
     scores[scorable] = det.score(X[scorable])
     heldout = np.zeros(len(events), dtype=bool)
     heldout[held] = True
-    saved = _save_model(det, spec, window, fold, model_path, ~scorable) if model_path and det.keeps_model else None
+    saved = _save_model(det, spec, window, fold, model_path, ~scorable) if model_path else None
     return FoldScores(scores=scores, heldout=heldout, train=~scorable, wall_s=time.perf_counter() - t0,
                       history=det.training_log(), model_path=saved)
