@@ -15,7 +15,8 @@ from .records import EventTable
 __all__ = ["demo_data_path", "load_table", "data_identity", "read_table", "table_columns", "TABLE_VERSION"]
 
 #: Bumped whenever the table's meaning changes, so stale caches are not reused.
-TABLE_VERSION = 1
+#: 2: the input file's extra numeric columns are carried (usable as features).
+TABLE_VERSION = 2
 
 
 def demo_data_path() -> Path:
@@ -87,11 +88,13 @@ def _inject(events: pd.DataFrame, sig: pd.DataFrame, data: DataConfig, seed: int
     return pd.concat([events, sig], ignore_index=True)
 
 
-def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list | tuple = ()) -> EventTable:
+def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list | tuple = (),
+               features: list | tuple = ()) -> EventTable:
     """Read the input (plus injected signal) into one canonical Parquet table under ``cache_dir``.
 
-    Fails with a user error when a signal region lies outside the data's mjj range or an
-    injected signal file has no event in any signal region.
+    Fails with a user error when a signal region lies outside the data's mjj range, an
+    injected signal file has no event in any signal region, or a column named in ``features``
+    is missing from (or NaN in) the data, the injected signal or the reference sample.
     """
     from .io import load_events
 
@@ -99,7 +102,7 @@ def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list
 
     def load(file, fmt):
         return load_events(file, fmt, cache_dir=Path(cache_dir) / "events", key=data.key, tree=data.tree,
-                           chunk_size=data.chunk_size, strict=data.strict)
+                           chunk_size=data.chunk_size, strict=data.strict, features=list(features) or None)
 
     events, source = load(path, data.format)
     sources = [source.to_dict()]

@@ -20,7 +20,7 @@ from sideband.pipeline.graph import Graph, Node, Ref
 from sideband.pipeline.regions import Window, search_windows
 from sideband.pipeline.scores import merge_folds
 from sideband.pipeline.summary import write_run
-from sideband.pipeline.table import data_identity, load_table
+from sideband.pipeline.table import TABLE_VERSION, data_identity, load_table
 
 from .signal_model import TEMPLATE_VERSION, check_signal_model, load_template, score_template, template_identity
 from .training import DetectorSpec, fit_sideband_stage, train_fold
@@ -135,9 +135,11 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
     device = decide_device(cfg.compute)
     g = Graph()
     srs = [(w.sr_lo, w.sr_hi) for w in windows]
-    lkey = cache_key(NODE_VERSION, data_id, cfg.seed, srs)
+    # every column a detector reads: checked against each input when the table is loaded
+    feats = sorted(set(cfg.features).union(*(d.features or () for d in cfg.detectors.values())))
+    lkey = cache_key(NODE_VERSION, TABLE_VERSION, data_id, cfg.seed, srs, feats)
     table = g.add(Node(f"load-{lkey}", load_table, {"data": cfg.data, "cache_dir": str(cache), "seed": cfg.seed,
-                                                    "signal_regions": srs},
+                                                    "signal_regions": srs, "features": feats},
                        kind="load", cache=str(cache / f"table-{lkey}.json")))
     template = _template_node(g, cfg, cache)
     stats_args = {"fit": cfg.fit, "stats": cfg.stats, "blind": blind, "seed": cfg.seed}
