@@ -76,8 +76,9 @@ def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, 
     det = cfg.detectors[name]
     feats = list(det.features or cfg.features)
     spec, gpu = _spec(cfg, name, device, "fit")
-    # A signal template is scored by the fold models, so the folds are asked to keep them (train_fold
-    # saves those of detectors with keeps_model); the key says so, a cached fold without models is not reused.
+    # A signal template is scored by the fold models, so every detector's folds are asked to keep them
+    # (train_fold saves a model wherever it gets a model_path); the key says so, a cached fold without
+    # models is not reused.
     keep = cls.keeps_model or template is not None
     extra = () if keep == cls.keeps_model else ("keep models",)
     tkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, spec.params, feats, det.folds, *extra)
