@@ -46,15 +46,9 @@ def run(args) -> dict:
     """The parsed inject_results.json: read from ``--results`` or produced by a new scan."""
     if args.results:
         return json.loads((Path(args.results) / "inject_results.json").read_text())
-    from sideband.workflows.configure import load_config
-    from sideband.workflows.inject import run_injection
+    from sideband.workflows.inject import injection_config, run_injection
 
-    overrides: dict = {}
-    if args.data:
-        overrides["data"] = {"path": args.data}
-    if args.scheduler:
-        overrides["compute"] = {"scheduler": args.scheduler}
-    cfg = load_config(args.config, overrides)
+    cfg = injection_config(args.config, data=args.data, scheduler=args.scheduler)
     counts = [int(c) for c in args.counts.split(",")] if args.counts else None
     return run_injection(cfg, args.out, counts=counts, seeds=args.seeds, signals=args.signal,
                          progress=args.progress)

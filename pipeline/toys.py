@@ -56,6 +56,12 @@ def use_toys(method: str, b: float, toys_below: float) -> bool:
     return method == "toys" or (method == "auto" and np.isfinite(b) and b < toys_below)
 
 
+def _no_excess(null: str = "none needed (no excess)") -> dict:
+    """The p-value result of an observed Z of 0 (Z is clipped at 0: every pseudo-experiment reaches it)."""
+    return {"p0": 1.0, "p0_err": 0.0, "z": 0.0, "n_toys": 0, "n_above": 0, "n_failed": 0, "bound": False,
+            "null_n_params": None, "null": null}
+
+
 def _smallest_count(z_obs: float, b, sigma_b) -> np.ndarray:
     """The smallest SR count n with ``z_on_off(n, b, sigma_b) >= z_obs`` (vectorised; inf if none).
 
@@ -240,8 +246,7 @@ def toy_p_value(edges, counts, fit_mask, target_mask, z_obs: float, *, n_toys: i
     (benchmarks/calibration.py).
     """
     if not z_obs > 0:  # Z is clipped at 0: every pseudo-experiment reaches it
-        return {"p0": 1.0, "p0_err": 0.0, "z": 0.0, "n_toys": 0, "n_above": 0, "n_failed": 0, "bound": False,
-                "null_n_params": None, "null": "none needed (no excess)"}
+        return _no_excess()
     fit_mask = np.asarray(fit_mask, bool)
     target_mask = np.asarray(target_mask, bool)
     counts = np.asarray(counts, dtype=np.float64)
@@ -273,8 +278,7 @@ def toy_p_value_known_background(edges, background, fit_mask, target_mask, z_obs
     """:func:`toy_p_value` with pseudo-experiments drawn from a known expected ``background``
     spectrum (every bin): the oracle that calibration and power benchmarks compare with."""
     if not z_obs > 0:
-        return {"p0": 1.0, "p0_err": 0.0, "z": 0.0, "n_toys": 0, "n_above": 0, "n_failed": 0, "bound": False,
-                "null_n_params": None, "null": "known background"}
+        return _no_excess("known background")
     background = np.asarray(background, dtype=np.float64)
     fit_mask = np.asarray(fit_mask, bool)
     target_mask = np.asarray(target_mask, bool)
@@ -303,19 +307,16 @@ def toy_p_value_ratio(edges, total, passed, fit_mask, target_mask, z_obs: float,
     contributes its Poisson tail (the Binomial's variance is (1 - eps) times smaller, so the
     tail is slightly conservative).
     """
-    from .ratio import RATIO_N_PARAMS, ratio_predict, ratio_predict_batch
+    from .ratio import RATIO_N_PARAMS, _design, ratio_predict, ratio_predict_batch
 
     opts = tuple(n_params_options or RATIO_N_PARAMS)
     if not z_obs > 0:
-        return {"p0": 1.0, "p0_err": 0.0, "z": 0.0, "n_toys": 0, "n_above": 0, "n_failed": 0, "bound": False,
-                "null_n_params": None, "null": "none needed (no excess)"}
+        return _no_excess()
     fit_mask = np.asarray(fit_mask, bool)
     target_mask = np.asarray(target_mask, bool)
     total = np.asarray(total, dtype=np.float64)
     null = ratio_predict(edges, total, passed, fit_mask, target_mask, n_params_options=opts, alpha=alpha,
                          sparse_below=sparse_below).fit
-    from .ratio import _design  # the null's efficiency at parameter draws
-
     x = _design(edges, null.n_params)
     cov = 0.5 * (null.cov + null.cov.T)
     root = np.linalg.cholesky(cov + 1e-12 * np.eye(len(cov))) if np.all(np.isfinite(cov)) else None
@@ -356,8 +357,7 @@ def toy_p_value_gp(pred, z_obs: float, *, n_toys: int = 10_000, seed: int = 0, e
     from .gp import gp_predict_batch
 
     if not z_obs > 0:
-        return {"p0": 1.0, "p0_err": 0.0, "z": 0.0, "n_toys": 0, "n_above": 0, "n_failed": 0, "bound": False,
-                "null_n_params": None, "null": "none needed (no excess)"}
+        return _no_excess()
     state = pred._state
     target = np.asarray(state["target_mask"], bool)
     shape = np.maximum(np.asarray(pred.expected, dtype=np.float64), 0.0)

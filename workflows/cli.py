@@ -209,15 +209,9 @@ def _cmd_export_trigger(args) -> int:
 
 
 def _cmd_inject(args) -> int:
-    from sideband.workflows.configure import load_config
-    from sideband.workflows.inject import run_injection
+    from sideband.workflows.inject import injection_config, run_injection
 
-    overrides: dict = {}
-    if args.data:
-        overrides["data"] = {"path": args.data}
-    if args.scheduler:
-        overrides["compute"] = {"scheduler": args.scheduler}
-    cfg = load_config(args.config, overrides)
+    cfg = injection_config(args.config, data=args.data, scheduler=args.scheduler)
     try:
         counts = [int(c) for c in args.counts.split(",")] if args.counts else None
     except ValueError:

@@ -38,7 +38,7 @@ from sideband.pipeline.sensitivity import (CONSTRUCTION, background_in_windows, 
 
 from .search_graph import build_search_graph
 
-__all__ = ["run_injection", "summarise_points"]
+__all__ = ["injection_config", "run_injection", "summarise_points"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,18 @@ def _blind_scan(cfg: Config) -> list[dict]:
         raise SidebandUserError(f"regions.scan: {exc} (the injection's look-elsewhere correction counts the "
                                 "blind scan of regions.scan; set regions.scan.range inside fit.range)") from None
     return [w.to_dict() for w in windows]
+
+
+def injection_config(config: str | None, *, data: str | None = None, scheduler: str | None = None) -> Config:
+    """The injection scan's config: ``config`` (YAML) with the background file and scheduler overridden."""
+    from sideband.workflows.configure import load_config
+
+    overrides: dict = {}
+    if data:
+        overrides["data"] = {"path": data}
+    if scheduler:
+        overrides["compute"] = {"scheduler": scheduler}
+    return load_config(config, overrides)
 
 
 def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None = None, seeds: int | None = None,
