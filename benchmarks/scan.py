@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="compute.device")
+    ap.add_argument("--shared-stage", choices=["on", "off"], default=None,
+                    help="detectors.cathode.shared_stage (one flow per group of separated windows)")
     args = ap.parse_args(argv)
 
     from sideband.pipeline.graph import run_graph
@@ -59,6 +61,8 @@ def main(argv=None) -> int:
         overrides["compute"]["n_workers"] = args.workers
     if args.device:
         overrides["compute"]["device"] = args.device
+    if args.shared_stage:
+        overrides["detectors"] = {"cathode": {"shared_stage": args.shared_stage == "on"}}
     cfg = load_config(args.config, overrides)
     graph, windows = build_search_graph(cfg, args.out, meta={"mode": "benchmark", "seed": cfg.seed}, blind=False)
     stage_end: dict[str, float] = {}
@@ -94,6 +98,18 @@ def main(argv=None) -> int:
           f"detectors {', '.join(out['detectors'])}")
     print(f"wall {wall:.0f} s; peak RSS (all processes) {out['peak_rss_gib']:.2f} GiB")
     print("stage finished at [s]: " + ", ".join(f"{k} {v:.0f} ({counts[k]} nodes)" for k, v in stage_end.items()))
+    per_det = {}
+    for r in rows:
+        d = r["detector"]
+        if d not in per_det or r["z_local"] > per_det[d]["z_local"]:
+            per_det[d] = r
+    out["best_per_detector"] = {d: {k: r.get(k) for k in ("window", "selection", "z_local", "z_global",
+                                                          "n_observed_sr", "n_expected_sr", "n_signal_sr_truth")}
+                                for d, r in per_det.items()}
+    for d, r in sorted(per_det.items()):
+        print(f"  {d:12s} best local Z {r['z_local']:.2f} (global {r.get('z_global') or 0:.2f}) in {r['window']} "
+              f"{r['selection']:g}: {r['n_observed_sr']} observed on {r['n_expected_sr']:.1f} expected, "
+              f"{r.get('n_signal_sr_truth')} truth signal")
     b = out["best"]
     print(f"best: {b['detector']} {b['selection']:g} in {b['window']} GeV: local Z {b['z_local']:.2f}, "
           f"global Z {b['z_global']:.2f} [{b.get('z_global_method')}]")

@@ -222,6 +222,9 @@ def check_config(cfg) -> None:
     for name, det in cfg.detectors.items():
         cls = load_detector_class(name)
         validate_params(name, det.params)
+        if det.shared_stage and not cls.needs_sideband_stage:
+            raise ConfigError(f"detectors.{name}.shared_stage: {name} has no sideband stage to share; "
+                              "remove the key (it applies to detectors such as cathode)")
         if det.enabled and cls.truth_kind == "reference" and not cfg.data.reference:
             raise ConfigError(f"detectors.{name} needs a pure-background reference sample; "
                               "set data.reference to its file (e.g. qcd_extra_features.h5)")

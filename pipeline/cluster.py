@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .exceptions import SidebandUserError
 
-__all__ = ["open_client", "worker_resources", "cpu_workers", "worker_specs", "count_gpus", "limit_threads"]
+__all__ = ["open_client", "worker_resources", "cpu_workers", "worker_specs", "count_gpus", "cuda_visible",
+           "limit_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,10 @@ def limit_threads(n: int) -> None:
         threadpool_limits(n)
     except ImportError:  # pragma: no cover
         pass
-    import torch
+    import sys
 
-    if torch.get_num_threads() != n:
+    torch = sys.modules.get("torch")  # not imported yet: it takes its thread count from OMP_NUM_THREADS
+    if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
 
@@ -45,13 +47,32 @@ def worker_resources(client) -> set[str]:
     return {name for w in client.scheduler_info()["workers"].values() for name in (w.get("resources") or {})}
 
 
-def count_gpus(compute) -> int:
-    """GPUs this machine offers the run: 0 for ``device: cpu`` (CUDA is never touched then)."""
-    if compute.device == "cpu":
+#: Device files of a GPU driver (NVIDIA, ROCm, WSL2's GPU paravirtualisation): without any of them
+#: no CUDA device can be visible, and torch need not be imported (~180 MB) to find that out.
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def _gpu_driver_present() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(os.path.exists(f) for f in _GPU_DEVICE_FILES)
+
+
+def cuda_visible() -> int:
+    """The number of CUDA devices this process sees (torch's answer), without importing torch
+    on a machine that has no GPU driver at all."""
+    if not _gpu_driver_present():
         return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def count_gpus(compute) -> int:
+    """GPUs this machine offers the run: 0 for ``device: cpu`` (CUDA is never touched then)."""
+    if compute.device == "cpu":
+        return 0
+    return cuda_visible()
 
 
 def worker_specs(n_workers: int, n_gpus: int, threads: int) -> dict[str, dict]:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .exceptions import ConfigError
-from .features import FEATURE_COLUMNS
+from .features import EXTENDED_COLUMNS, FEATURE_COLUMNS
 
 __all__ = ["Config", "load_config", "config_from_dict", "DEFAULT_CONFIG", "DEMO_CONFIG"]
 
@@ -46,6 +46,9 @@ class DataConfig(_Strict):
     inject: InjectConfig | None = None
     #: Pure-background reference sample (LHCO layout), needed by the idealized detector.
     reference: str | None = None
+    #: Jet substructure computed from particle-level inputs: ``standard`` (tau1-3) or ``extended``
+    #: (also tau_N^beta, N = 1..9, beta = 0.5, 1, 2 of both jets: columns ``tau5_b0.5_j1`` ...).
+    substructure: Literal["standard", "extended"] = "standard"
 
 
 class ScanConfig(_Strict):
@@ -143,6 +146,10 @@ class DetectorConfig(_Strict):
     folds: int = Field(default=5, ge=2)
     features: list[str] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    #: Detectors with a sideband stage (CATHODE's flow): one stage serves several scan windows
+    #: whose SRs lie apart (regions.stage_groups; never trained on any of their SRs) instead of
+    #: one stage per window.
+    shared_stage: bool = False
 
 
 class ComputeConfig(_Strict):
@@ -255,13 +262,17 @@ class Config(_Strict):
                 files += [(data.reference, "auto")] if data.reference else []
                 for path, fmt in files:
                     try:
-                        columns = event_columns(path, fmt, key=data.key, tree=data.tree)
+                        columns = event_columns(path, fmt, key=data.key, tree=data.tree,
+                                                substructure=data.substructure)
                     except Exception:  # absent or unreadable here: the reader reports it at load time
                         continue
                     absent = [f for f in unknown if f not in columns]
                     if absent:
                         choose = [c for c in columns if c not in ("mjj", "label")]
-                        problems.append(f"{where}: unknown feature(s) {absent} (not in {path}); choose from {choose}")
+                        hint = ("; the extended N-subjettiness set needs data.substructure: extended (particle inputs)"
+                                if data.substructure == "standard" and set(absent) & set(EXTENDED_COLUMNS) else "")
+                        problems.append(f"{where}: unknown feature(s) {absent} (not in {path}); choose from {choose}"
+                                        f"{hint}")
                         break
         lo, hi = self.fit.range
         if lo >= hi:

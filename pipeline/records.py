@@ -69,7 +69,7 @@ class SidebandStage:
 
     path: str
     detector: str
-    window: str
+    window: str  #: the window's name; a stage shared by several windows joins their names with '+'
     wall_s: float = 0.0
 
     _paths: ClassVar[tuple[str, ...]] = ("path",)

@@ -8,7 +8,8 @@ import numpy as np
 
 from .exceptions import RegionError
 
-__all__ = ["Window", "make_windows", "scan_windows", "search_windows", "assign_folds", "check_window_counts"]
+__all__ = ["Window", "make_windows", "scan_windows", "search_windows", "stage_groups", "assign_folds",
+           "check_window_counts"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,33 @@ def search_windows(regions, fit_range: tuple[float, float]) -> list[Window]:
         return make_windows(regions.signal_region, fit_range, regions.sideband_width, regions.scan_centers)
     s = regions.scan
     return scan_windows(s.range, s.width, s.step, fit_range, regions.sideband_width)
+
+
+def stage_groups(windows: list[Window], min_gap: float = 0.25) -> list[tuple[Window, ...]]:
+    """Windows grouped so that one sideband stage (e.g. one CATHODE flow) can serve each group.
+
+    A group's stage trains on the union of its windows' sidebands minus *every* SR of the
+    group, so no window's SR is ever in the training data of the stage that predicts it. Two
+    windows share a group only when their SRs are at least ``min_gap`` x the wider SR apart:
+    the stage then interpolates across separate gaps, never across one merged, wider hole.
+    Greedy in order of SR position (first group that fits); a single window is its own group.
+    With the default scan (SR 12% of the centre, half-width steps) windows i, i+3, i+6 share:
+    9 windows -> 3 stages.
+    """
+    groups: list[list[Window]] = []
+    for w in sorted(windows, key=lambda w: w.sr_lo):
+        for grp in groups:
+            if all(_apart(w, v, min_gap) for v in grp):
+                grp.append(w)
+                break
+        else:
+            groups.append([w])
+    return [tuple(g) for g in groups]
+
+
+def _apart(a: Window, b: Window, min_gap: float) -> bool:
+    gap = max(a.sr_lo - b.sr_hi, b.sr_lo - a.sr_hi)
+    return gap >= min_gap * max(a.sr_hi - a.sr_lo, b.sr_hi - b.sr_lo)
 
 
 def check_window_counts(window: Window, m: np.ndarray, n_folds: int, source: str = "data") -> None:

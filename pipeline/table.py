@@ -102,7 +102,8 @@ def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list
 
     def load(file, fmt):
         return load_events(file, fmt, cache_dir=Path(cache_dir) / "events", key=data.key, tree=data.tree,
-                           chunk_size=data.chunk_size, strict=data.strict, features=list(features) or None)
+                           chunk_size=data.chunk_size, strict=data.strict, substructure=data.substructure,
+                           features=list(features) or None)
 
     events, source = load(path, data.format)
     sources = [source.to_dict()]

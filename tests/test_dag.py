@@ -130,6 +130,46 @@ def test_sideband_stage_runs_once_per_window(small_h5, fast_config, tmp_path):
     assert len(list((tmp_path / "out" / "cache").glob("prepare-*.pkl"))) == 1
 
 
+def test_shared_sideband_stage_serves_several_windows_without_seeing_their_signal_regions(
+        small_h5, fast_config, tmp_path, monkeypatch):
+    from sideband.detectors.cathode import Cathode
+
+    cathode = {"folds": 2, "shared_stage": True,
+               "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 10}, "oversampling": 1.0,
+                          "flow_params": {"n_transforms": 1, "hidden": 8, "epochs": 2, "n_average": 1}}}
+    regions = {"signal_region": [3000, 3200], "scan_centers": [3500, 3600]}  # 3400-3600 overlaps 3500-3700
+    cfg = fast_config(small_h5, detectors={"cathode": cathode}, stats={"selections": [0.1]}, regions=regions)
+    graph, windows = build_search_graph(cfg, tmp_path)
+    prepare = [n for n in graph.nodes.values() if n.kind == "prepare"]
+    assert len(windows) == 3 and len(prepare) == 2  # 3000-3200 shares with one of the two overlapping windows
+    seen = []
+    fit_sidebands = Cathode.fit_sidebands
+
+    def spy(self, X, m, *, signal_region):
+        seen.append(m.copy())
+        return fit_sidebands(self, X, m, signal_region=signal_region)
+
+    monkeypatch.setattr(Cathode, "fit_sidebands", spy)
+    res = run_search(cfg, tmp_path / "out")
+    assert len(seen) == 2
+    stages = {n.key: n for n in prepare}
+    for t in (n for n in graph.nodes.values() if n.kind == "train"):
+        w = t.kwargs["window"]
+        node = stages[t.kwargs["stage"].key]
+        assert w in node.kwargs.get("windows", (node.kwargs.get("window"),))
+    def inside(m, lo, hi):
+        return int(((m >= lo) & (m < hi)).sum())
+
+    # groups: (3000-3200, 3400-3600) and (3500-3700); no flow saw an event in an SR it serves
+    shared = [m for m in seen if inside(m, 3000, 3200) == 0]
+    single = [m for m in seen if inside(m, 3000, 3200) > 0]
+    assert len(shared) == 1 and len(single) == 1
+    assert inside(shared[0], 3400, 3600) == 0 and inside(shared[0], 3600, 3700) > 0
+    assert inside(single[0], 3500, 3700) == 0 and inside(single[0], 3400, 3500) > 0
+    assert {r["detector"] for r in res["results"]} == {"none", "cathode"}
+    assert len(list((tmp_path / "out" / "cache").glob("prepare-*.pkl"))) == 2
+
+
 def test_truth_detectors_in_the_graph(small_h5, fast_config, tmp_path):
     from sideband.pipeline.exceptions import ConfigError
 

@@ -242,3 +242,25 @@ def test_extended_needs_particles_or_the_columns(tmp_path):
         read_events(path, substructure="extended")
     with pytest.raises(ConfigError, match="substructure: 'full' is not one of"):
         read_events(path, substructure="full")
+
+
+def test_data_substructure_key_gives_the_search_the_extended_set(tmp_path):
+    from sideband.pipeline.config import DataConfig
+    from sideband.pipeline.table import load_table, read_table
+    from sideband.workflows.configure import config_from_dict
+
+    raw = tmp_path / "parts.h5"
+    pd.read_hdf(shared_file("qcd_particles.h5"), "df", stop=200).to_hdf(raw, key="df", mode="w")
+    feats = ["mj1", "tau5_b0.5_j1", "tau9_b2_j2"]
+    with pytest.raises(ConfigError, match=r"features: unknown feature\(s\) \['tau5_b0.5_j1', 'tau9_b2_j2'\].*"
+                                          r"data.substructure: extended"):
+        config_from_dict({"features": feats, "data": {"path": str(raw)}})
+    cfg = config_from_dict({"features": feats, "data": {"path": str(raw), "substructure": "extended"}})
+    table = load_table(cfg.data, str(tmp_path / "cache"), seed=1, features=feats)
+    events = read_table(table, ["mjj", *feats])
+    assert len(events) > 100 and np.isfinite(events.to_numpy()).all()
+    assert (events["tau9_b2_j2"] <= events["tau5_b0.5_j1"] * 10).all()  # read, not zeros
+    assert events["tau9_b2_j2"].std() > 0
+    with pytest.raises(ConfigError, match="data.substructure"):
+        config_from_dict({"data": {"substructure": "full"}})
+    assert DataConfig().substructure == "standard"

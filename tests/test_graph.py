@@ -138,3 +138,21 @@ def _where(i):
 
 def _collect(gpu, cpu):
     return {"gpu": gpu, "cpu": cpu}
+
+
+def test_building_a_search_on_a_machine_without_gpu_driver_does_not_import_torch(tmp_path):
+    """The client process stays light (~180 MB less) where no CUDA device can exist."""
+    import subprocess
+    import sys
+
+    from sideband.pipeline import cluster
+
+    if cluster._gpu_driver_present():
+        pytest.skip("this machine has a GPU driver: torch is rightly asked")
+    code = ("import sys\n"
+            "from sideband.workflows.configure import load_config\n"
+            "from sideband.workflows.search_graph import build_search_graph\n"
+            f"build_search_graph(load_config(), {str(tmp_path)!r})\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -45,3 +45,20 @@ def test_empty_signal_region_is_reported():
     m = np.r_[np.full(100, 3000.0), np.full(3, 3500.0)]
     with pytest.raises(RegionError, match="signal region of window 3300-3700 GeV holds 3 events"):
         check_window_counts(w, m, 5, source="data.h5")
+
+
+def test_stage_groups_share_only_windows_whose_signal_regions_lie_apart():
+    from sideband.pipeline.regions import scan_windows, stage_groups
+
+    windows = scan_windows((3100, 5000), 0.12, 0.5, (2800, 6000))  # the default scan: 9 overlapping windows
+    groups = stage_groups(windows)
+    assert sorted(w.name for g in groups for w in g) == sorted(w.name for w in windows)  # each window once
+    assert len(groups) == 3
+    for g in groups:
+        for a in g:
+            for b in g:
+                if a is not b:  # never overlapping or touching: a quarter SR width at least between them
+                    gap = max(a.sr_lo - b.sr_hi, b.sr_lo - a.sr_hi)
+                    assert gap >= 0.25 * max(a.sr_hi - a.sr_lo, b.sr_hi - b.sr_lo)
+    one = scan_windows((3500, 3500), 0.12, 0.5, (2800, 6000))
+    assert stage_groups(one) == [tuple(one)]

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from sideband.detectors.base import load_detector_class
 from sideband.pipeline.cache import cache_key
+from sideband.pipeline.cluster import cuda_visible
 from sideband.pipeline.config import ComputeConfig, Config
 from sideband.pipeline.evaluate import evaluate_window
 from sideband.pipeline.exceptions import ConfigError
 from sideband.pipeline.graph import Graph, Node, Ref
-from sideband.pipeline.regions import Window, search_windows
+from sideband.pipeline.regions import Window, search_windows, stage_groups
 from sideband.pipeline.scores import merge_folds
 from sideband.pipeline.summary import write_run
 from sideband.pipeline.table import TABLE_VERSION, data_identity, load_table
@@ -46,9 +47,7 @@ def decide_device(compute: ComputeConfig) -> str:
     local = compute.scheduler in (None, "synchronous")
     if not local:
         return compute.device
-    import torch
-
-    visible = torch.cuda.is_available()
+    visible = cuda_visible() > 0  # no torch import where no GPU driver exists (a lighter client)
     if compute.device == "cuda" and not visible:
         raise ConfigError("compute.device: cuda, but this machine has no visible CUDA device; "
                           "use device: auto or cpu, or run on a GPU machine")
@@ -67,34 +66,61 @@ def _spec(cfg: Config, name: str, device: str, stage: str) -> tuple[DetectorSpec
     return spec, ({"GPU": 1} if gpu else None)
 
 
+def _stage_nodes(g: Graph, cfg: Config, table: Ref, windows: list[Window], name: str, *, device: str, cache: Path,
+                 data_id: dict) -> dict[str, tuple[Ref, bool]]:
+    """The sideband-stage nodes of one detector, by window name (with whether the stage is
+    shared): one per window, or with ``shared_stage`` one per group of :func:`stage_groups`
+    (each window's SR excluded from the training of the stage that serves it; a window alone
+    in its group keeps its own, unshared stage)."""
+    cls = load_detector_class(name)
+    if not cls.needs_sideband_stage:
+        return {}
+    det = cfg.detectors[name]
+    feats = list(det.features or cfg.features)
+    pspec, pgpu = _spec(cfg, name, device, "sidebands")
+    groups = stage_groups(windows) if det.shared_stage else [(w,) for w in windows]
+    stages = {}
+    for grp in groups:
+        if len(grp) == 1:
+            w = grp[0]
+            pkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, pspec.params, feats)
+            args = {"window": w}
+        else:
+            pkey = cache_key(NODE_VERSION, data_id, cfg.seed, [w.to_dict() for w in grp], name, pspec.params, feats,
+                             "shared stage")
+            args = {"windows": grp}
+        label = "+".join(w.name for w in grp)
+        ref = g.add(Node(f"prepare-{name}-{label}-{pkey}", fit_sideband_stage,
+                         {"table": table, "spec": pspec, **args, "seed": cfg.seed,
+                          "state_path": str(cache / f"prepare-{pkey}.pkl")},
+                         kind="prepare", resources=pgpu, cache=str(cache / f"prepare-{pkey}.json")))
+        stages.update({w.name: (ref, len(grp) > 1) for w in grp})
+    return stages
+
+
 def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, device: str, cache: Path,
-                    data_id: dict, template: tuple[Ref, str] | None = None) -> tuple[Ref, Ref | None]:
-    """Sideband stage, folds and merge of one (window, detector); returns the merged scores, and
-    the signal template's scores by the same fold models when there is a ``template`` (its
-    load node and content hash)."""
+                    data_id: dict, stage: tuple[Ref, bool] | None = None,
+                    template: tuple[Ref, str] | None = None) -> tuple[Ref, Ref | None]:
+    """Folds and merge of one (window, detector) on its sideband ``stage`` (if any: the node and
+    whether it is shared by several windows); returns the
+    merged scores, and the signal template's scores by the same fold models when there is a
+    ``template`` (its load node and content hash)."""
     cls = load_detector_class(name)
     det = cfg.detectors[name]
     feats = list(det.features or cfg.features)
     spec, gpu = _spec(cfg, name, device, "fit")
     # A signal template is scored by the fold models, so every detector's folds are asked to keep them
     # (train_fold saves a model wherever it gets a model_path); the key says so, a cached fold without
-    # models is not reused.
+    # models is not reused. A shared sideband stage is another stage, so another key.
     keep = cls.keeps_model or template is not None
-    extra = () if keep == cls.keeps_model else ("keep models",)
+    shared = stage is not None and stage[1]
+    extra = (() if keep == cls.keeps_model else ("keep models",)) + (("shared stage",) if shared else ())
     tkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, spec.params, feats, det.folds, *extra)
-    stage = None
-    if cls.needs_sideband_stage:
-        pspec, pgpu = _spec(cfg, name, device, "sidebands")
-        pkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, pspec.params, feats)
-        stage = g.add(Node(f"prepare-{name}-{w.name}-{pkey}", fit_sideband_stage,
-                           {"table": table, "spec": pspec, "window": w, "seed": cfg.seed,
-                            "state_path": str(cache / f"prepare-{pkey}.pkl")},
-                           kind="prepare", resources=pgpu, cache=str(cache / f"prepare-{pkey}.json")))
     folds = []
     for k in range(det.folds):
         model = str(cache / "models" / f"{name}-{w.name}-f{k}-{tkey}") if keep else None
         folds.append(g.add(Node(f"train-{name}-{w.name}-f{k}-{tkey}", train_fold,
-                                {"table": table, "stage": stage, "spec": spec, "window": w, "fold": k,
+                                {"table": table, "stage": stage and stage[0], "spec": spec, "window": w, "fold": k,
                                  "seed": cfg.seed, "model_path": model},
                                 kind="train", resources=gpu, cache=str(cache / f"train-{tkey}-f{k}.npz"))))
     merged = g.add(Node(f"merge-{name}-{w.name}-{tkey}", merge_folds, {"table": table, "folds": folds},
@@ -147,6 +173,8 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
     # The template enters the keys by content (its path is left out: a moved file is the same template).
     stats_id = cfg.stats.model_dump(mode="json", exclude={"signal_model"}) | {"signal_model": template and template[1]}
     skey_common = (STATS_VERSION, cfg.fit.model_dump(mode="json"), stats_id, blind)
+    stages = {name: _stage_nodes(g, cfg, table, windows, name, device=device, cache=cache, data_id=data_id)
+              for name in cfg.enabled_detectors()}
     outputs = []
     for w in windows:
         skey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), "none", *skey_common)
@@ -156,7 +184,7 @@ def build_search_graph(cfg: Config, out_dir: str | Path, cache_dir: str | Path |
                                   kind="stats", cache=str(cache / f"stats-{skey}.json"))))
         for name in cfg.enabled_detectors():
             merged, scored = _detector_nodes(g, cfg, table, w, name, device=device, cache=cache, data_id=data_id,
-                                             template=template)
+                                             stage=stages[name].get(w.name), template=template)
             skey = cache_key(merged.key, *skey_common)
             outputs.append(g.add(Node(f"stats-{name}-{w.name}-{skey}", evaluate_window,
                                       {"table": table, "scores": merged, "window": w, "detector": name,

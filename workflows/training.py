@@ -40,23 +40,36 @@ class DetectorSpec:
         return make_detector(self.name, self.params, random_state=random_state)
 
 
-def fit_sideband_stage(table: EventTable, *, spec: DetectorSpec, window: Window, seed: int,
-                       state_path: str) -> SidebandStage:
-    """Run a detector's sideband stage (e.g. the CATHODE flow) on the window's SB events only."""
+def fit_sideband_stage(table: EventTable, *, spec: DetectorSpec, window: Window | None = None, seed: int,
+                       state_path: str, windows: tuple[Window, ...] = ()) -> SidebandStage:
+    """Run a detector's sideband stage (e.g. the CATHODE flow) on sideband events only.
+
+    One ``window``: its SB events. A shared stage (``windows``, from
+    :func:`sideband.pipeline.regions.stage_groups`): the union of their sidebands minus every
+    one of their SRs, so the stage serves each of them without having seen its SR.
+    """
     limit_threads(spec.threads)
     t0 = time.perf_counter()
+    group = tuple(windows) or (window,)
     events = read_table(table, ["mjj", *spec.features])
     m = events["mjj"].to_numpy()
-    sb = window.in_sb(m)
-    det = spec.build(node_seed(seed, "prepare", window.name))
+    sb = np.zeros(len(m), dtype=bool)
+    for w in group:
+        sb |= w.in_window(m)
+    for w in group:
+        sb &= ~w.in_sr(m)
+    name = "+".join(w.name for w in group)
+    det = spec.build(node_seed(seed, "prepare", name))
+    first = group[0]  # every event passed lies outside each SR of the group, this one included
     state = det.fit_sidebands(events[list(spec.features)].to_numpy(np.float32)[sb], m[sb],
-                              signal_region=(window.sr_lo, window.sr_hi))
+                              signal_region=(first.sr_lo, first.sr_hi))
     wall = time.perf_counter() - t0
     state["wall_s"] = wall
+    state["windows"] = [w.name for w in group]
     with atomic_path(state_path, ".pkl") as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return SidebandStage(path=str(state_path), detector=spec.name, window=window.name, wall_s=wall)
+    return SidebandStage(path=str(state_path), detector=spec.name, window=name, wall_s=wall)
 
 
 def _truth_inputs(det: BaseDetector, table: EventTable, events: pd.DataFrame, w: Window,
@@ -118,6 +131,8 @@ def train_fold(table: EventTable, stage: SidebandStage | None, *, spec: Detector
     det = spec.build(node_seed(seed, fold, window.name))
     extra = _truth_inputs(det, table, events, window, features, train)
     if stage is not None:
+        if window.name not in stage.window.split("+"):
+            raise ValueError(f"sideband stage {stage.window} does not serve window {window.name}")
         with open(stage.path, "rb") as f:
             extra["sideband_state"] = pickle.load(f)
     det.fit(X[train], m[train], signal_region=(window.sr_lo, window.sr_hi), **extra)
