@@ -203,8 +203,20 @@ class InjectionConfig(_Strict):
     """Signal-injection scan (sideband inject)."""
 
     counts: list[int] = Field(default_factory=lambda: [0, 300, 600, 1200])
+    #: Instead of ``counts``: target S/sqrt(B) in each signal's SR before selection (e.g. [0, 1, 2, 3]);
+    #: a signal's counts are level x sqrt(B_SR) / (its fraction of events in the SR), so signals of
+    #: different masses are compared at equal strength (a signal grid).
+    levels: list[float] = Field(default_factory=list)
     seeds: int = Field(default=3, ge=1)
     signals: list[str] = Field(default_factory=list)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_non_negative(cls, v):
+        bad = [x for x in v if not x >= 0]
+        if bad:
+            raise ValueError(f"S/sqrt(B) levels must be >= 0, got {bad}")
+        return sorted(set(v))
 
     @field_validator("counts")
     @classmethod

@@ -21,7 +21,7 @@ from .scanplots import _style, figure_uri, plot_sic_curves, plot_training
 from .scanplots import img_html as _img
 from .scanplots import png_b64 as _png_b64
 
-__all__ = ["write_injection_report", "plot_sensitivity"]
+__all__ = ["write_injection_report", "plot_sensitivity", "plot_signal_map"]
 
 _XLABEL = "injected S/√B in the SR (before selection)"
 
@@ -64,6 +64,49 @@ def plot_sensitivity(curves: list[dict], ceilings=()) -> str | None:
             ax.set_ylim(0, top)
         axes[1].set_xlabel(_XLABEL)
         axes[0].legend(fontsize=11, title=f"signal {Path(curves[0]['signal']).name}", title_fontsize=10)
+        return figure_uri(fig)
+
+
+def plot_signal_map(sens: dict, signals: list[dict], level: float = 3.0) -> str | None:
+    """The sensitivity map of a signal grid: per signal (ordered by its window, labelled with it)
+    and detector, the injected S/sqrt(B) at which the median global Z crosses ``level``;
+    signals whose curve never crosses are drawn as an arrow above the largest level tested. A
+    data URI, or None for fewer than two signals."""
+    if len(signals) < 2:
+        return None
+    found = {(x["signal"], x["detector"]): x for x in sens.get("crossings", [])
+             if x["statistic"] == "global" and x["level"] == level}
+    tested = {}
+    for c in sens.get("curves", []):
+        xs = [p["s_over_sqrt_b"] for p in c["points"] if p["s_over_sqrt_b"] is not None]
+        tested[(c["signal"], c["detector"])] = max(xs, default=None)
+    order = sorted(signals, key=lambda p: (p["signal_region"][0], p["signal"]))
+    dets = sorted({d for _, d in found if d != "none"})
+    if not dets:
+        return None
+    plt, style = _style()
+    with style:
+        fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(order)), 5.5))
+        for j, det in enumerate(dets):
+            off = (j - (len(dets) - 1) / 2) * 0.12
+            for i, plan in enumerate(order):
+                x = found.get((plan["signal"], det))
+                if x is None:
+                    continue
+                if x["s_over_sqrt_b"] is not None:
+                    unc = x["uncertainty"] or 0.0
+                    ax.errorbar(i + off, x["s_over_sqrt_b"], yerr=unc, fmt="o", color=f"C{j % 10}", label=det)
+                elif (top := tested.get((plan["signal"], det))) is not None:
+                    ax.plot(i + off, top, marker="^", ms=10, color=f"C{j % 10}", ls="none")
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels([f"{Path(p['signal']).stem}\n{p['signal_region'][0]:g}-{p['signal_region'][1]:g}"
+                            for p in order], fontsize=9, rotation=20)
+        ax.set_ylabel(f"S/√B in the SR for global Z = {level:g}")
+        ax.set_ylim(bottom=0)
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=10, title="triangles: not reached up to the largest level",
+                  title_fontsize=9)
         return figure_uri(fig)
 
 
@@ -174,6 +217,10 @@ def write_injection_report(out_dir: Path, result: dict, docs: list[dict]) -> Pat
             if (uri := plot_sensitivity([c for c in curves if c["signal"] == sig], ceilings))]
     if imgs:
         sections.append(("Sensitivity curves", "".join(imgs)))
+    if (uri := plot_signal_map(sens, result.get("signals") or [])):
+        sections.append(("Sensitivity map of the signal grid",
+                         _img(uri, "per signal (its window below the name) and detector: the injected S/√B at "
+                                   "which the median global Z crosses 3", wide=True)))
     if sens.get("crossings"):
         sections.append(("Crossing points (3σ and 5σ)", _crossings_html(sens)))
     sections.append(("Summary (median over seeds)", _summary_html(result["summary"])))

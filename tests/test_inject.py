@@ -129,3 +129,46 @@ def test_rerun_resumes_every_point(scan, tmp_path):
     assert after == before  # nothing retrained
     again = json.loads((out / "inject_results.json").read_text())
     assert again["summary"] == res["summary"] and again["sensitivity"] == res["sensitivity"]  # toys seeded
+
+
+def test_signal_grid_injects_each_signal_in_its_own_window_at_equal_strength(tmp_path, demo_frame):
+    """Two signals of different mass, counts from S/sqrt(B) levels, the sensitivity map."""
+    bkg, sig, heavy = tmp_path / "bkg.h5", tmp_path / "sig.h5", tmp_path / "heavy.h5"
+    demo_frame[demo_frame.label == 0].iloc[:12_000].to_hdf(bkg, key="df", mode="w")
+    s = demo_frame[demo_frame.label == 1]
+    s.to_hdf(sig, key="df", mode="w")
+    scaled = s.copy()  # every momentum and mass x 1.2: the same signal at 1.2 x its mjj
+    for c in ("pxj1", "pyj1", "pzj1", "mj1", "pxj2", "pyj2", "pzj2", "mj2"):
+        scaled[c] = s[c] * 1.2
+    scaled.to_hdf(heavy, key="df", mode="w")
+    tiny = {k: v for k, v in TINY.items() if k != "regions"}  # no signal_region: each signal's own scan window
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**tiny, "detectors": {"cwola": TINY["detectors"]["cwola"]}}))
+    out = tmp_path / "grid"
+    assert main(["inject", "--config", str(cfg), "--data", str(bkg), "--signal", str(sig), "--signal", str(heavy),
+                 "--levels", "0,2", "--seeds", "1", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "inject_results.json").read_text())
+    plans = {p["signal"].rsplit("/", 1)[-1]: p for p in res["signals"]}
+    assert plans["heavy.h5"]["signal_region"][0] > plans["sig.h5"]["signal_region"][1]  # a higher window
+    assert all(p["own_window"] and p["f_sr"] > 0.4 for p in plans.values())
+    for p in res["points"]:
+        plan = plans[p["signal"].rsplit("/", 1)[-1]]
+        lo, hi = plan["signal_region"]
+        assert p["window"] == f"{lo:g}-{hi:g}"  # trained and tested in its own window only
+        if p["n_inject"] > 0:
+            assert p["s_over_sqrt_b"] == pytest.approx(2.0, rel=0.3)
+    counts = {name: plan["counts"] for name, plan in plans.items()}
+    assert counts["heavy.h5"][1] < counts["sig.h5"][1]  # less background up there: fewer events for S/sqrt(B) 2
+    assert "Sensitivity map of the signal grid" in (out / "report.html").read_text()
+
+
+def test_levels_beyond_the_signal_file_are_a_one_line_error(tmp_path, demo_frame, capsys):
+    bkg, sig = tmp_path / "bkg.h5", tmp_path / "sig.h5"
+    demo_frame[demo_frame.label == 0].iloc[:12_000].to_hdf(bkg, key="df", mode="w")
+    demo_frame[demo_frame.label == 1].iloc[:30].to_hdf(sig, key="df", mode="w")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    assert main(["inject", "--config", str(cfg), "--data", str(bkg), "--signal", str(sig), "--levels", "0,5",
+                 "--seeds", "1", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sig.h5" in err[0] and "injection.levels" in err[0] and "the file holds 30" in err[0]

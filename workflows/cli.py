@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     inj.add_argument("--signal", action="append", default=None,
                      help="signal file to inject (repeat for a mass grid; default: injection.signals)")
     inj.add_argument("--counts", default=None, help="comma-separated injected counts, e.g. 0,300,600,1200")
+    inj.add_argument("--levels", default=None,
+                     help="comma-separated S/sqrt(B) in each signal's SR instead of counts, e.g. 0,1,2,3 "
+                          "(default: injection.levels)")
     inj.add_argument("--seeds", type=int, default=None, help="seeds per point (default: injection.seeds)")
     inj.add_argument("--out", default="sideband-inject", help="output directory (default: %(default)s)")
     inj.add_argument("--scheduler", default=None, help="as for search")
@@ -216,7 +219,11 @@ def _cmd_inject(args) -> int:
         counts = [int(c) for c in args.counts.split(",")] if args.counts else None
     except ValueError:
         raise SidebandUserError(f"--counts {args.counts!r}: give comma-separated integers, e.g. 0,300,600") from None
-    res = run_injection(cfg, args.out, counts=counts, seeds=args.seeds, signals=args.signal,
+    try:
+        levels = [float(c) for c in args.levels.split(",")] if args.levels else None
+    except ValueError:
+        raise SidebandUserError(f"--levels {args.levels!r}: give comma-separated numbers, e.g. 0,1,2,3") from None
+    res = run_injection(cfg, args.out, counts=counts, seeds=args.seeds, signals=args.signal, levels=levels,
                         progress=_progress(args))
     print(f"{'signal':<28} {'inj':>5} {'S/sqrtB':>7} {'detector':<11} {'Z local':>7} {'Z glob':>7} {'max SIC':>7} "
           f"{'AUC':>6}")

@@ -43,13 +43,64 @@ __all__ = ["injection_config", "run_injection", "summarise_points"]
 log = logging.getLogger(__name__)
 
 
-def _point_config(cfg: Config, signal: str, n: int, seed: int) -> Config:
+def _point_config(cfg: Config, signal: str, n: int, seed: int, signal_region: tuple | None = None) -> Config:
     inject = InjectConfig(path=signal, n_events=n) if n > 0 else None
     detectors = cfg.detectors
     if n == 0:
         detectors = {k: v for k, v in detectors.items() if load_detector_class(k).truth_kind != "labels"}
-    return cfg.model_copy(update={"seed": seed, "detectors": detectors,
-                                  "data": cfg.data.model_copy(update={"inject": inject})})
+    update = {"seed": seed, "detectors": detectors, "data": cfg.data.model_copy(update={"inject": inject})}
+    if signal_region is not None:
+        update["regions"] = cfg.regions.model_copy(update={"signal_region": tuple(signal_region),
+                                                           "scan_centers": []})
+    return cfg.model_copy(update=update)
+
+
+def _mjj(cfg: Config, path: str, cache: Path) -> np.ndarray:
+    from sideband.pipeline.io import load_events
+
+    d = cfg.data
+    events, _ = load_events(path, "auto", cache_dir=cache / "events", key=d.key, tree=d.tree, chunk_size=d.chunk_size,
+                            strict=d.strict, substructure=d.substructure)
+    return events["mjj"].to_numpy()
+
+
+def signal_plan(cfg: Config, signal: str, *, counts: list[int], levels: list[float], cache: Path) -> dict:
+    """Where one signal is injected and how much.
+
+    The window: ``regions.signal_region`` when the config sets one, else the window of the
+    blind scan (``regions.scan``) that holds the largest fraction of the signal's events (its
+    own window: the only one the points train in). The counts: ``counts``, or with ``levels``
+    (target S/sqrt(B) in that SR before selection) level x sqrt(B_SR) / f_SR, where B_SR is
+    the background file's count in the SR and f_SR the signal file's fraction in it.
+    """
+    m_sig = _mjj(cfg, signal, cache)
+    if cfg.regions.signal_region is not None:
+        sr = tuple(float(x) for x in cfg.regions.signal_region)
+        own = False
+    else:
+        s = cfg.regions.scan
+        windows = scan_windows(s.range, s.width, s.step, cfg.fit.range, cfg.regions.sideband_width)
+        best = max(windows, key=lambda w: float(np.mean(w.in_sr(m_sig))))
+        sr, own = (best.sr_lo, best.sr_hi), True
+    f_sr = float(np.mean((m_sig >= sr[0]) & (m_sig < sr[1]))) if len(m_sig) else 0.0
+    plan = {"signal": signal, "signal_region": list(sr), "own_window": own, "f_sr": f_sr,
+            "n_signal_file": int(len(m_sig)), "counts": sorted(set(counts)), "levels": None, "b_sr": None}
+    if not levels:
+        return plan
+    if f_sr == 0:
+        raise SidebandUserError(f"{signal}: none of its events falls in the SR {sr[0]:g}-{sr[1]:g} GeV; "
+                                "injection.levels needs a signal inside the scan")
+    from sideband.pipeline.table import demo_data_path
+
+    m_bkg = _mjj(cfg, cfg.data.path or str(demo_data_path()), cache)
+    b = int(np.sum((m_bkg >= sr[0]) & (m_bkg < sr[1])))
+    plan_counts = sorted({int(round(lv * np.sqrt(b) / f_sr)) for lv in levels})
+    if plan_counts[-1] > len(m_sig):
+        raise SidebandUserError(
+            f"{signal}: injection.levels up to S/sqrt(B) {max(levels):g} need {plan_counts[-1]} signal events "
+            f"(B = {b} in SR {sr[0]:g}-{sr[1]:g} GeV, {f_sr:.0%} of the signal inside), the file holds "
+            f"{len(m_sig)}; generate more events or lower the levels")
+    return plan | {"counts": plan_counts, "levels": list(levels), "b_sr": b}
 
 
 def _point_record(doc: dict) -> dict:
@@ -149,7 +200,8 @@ def inject_report_node(point_results: list[str], point_lee: list[dict], *, out_d
         doc["point"] = point
         doc["scan_global"] = glob
         docs.append(doc)
-    result = summarise_points(docs) | {"config": meta["config"], "points_dirs": meta["dirs"]}
+    result = summarise_points(docs) | {"config": meta["config"], "points_dirs": meta["dirs"],
+                                       "signals": meta.get("signals", [])}
     result["sensitivity"]["look_elsewhere"]["scan_windows"] = [w["name"] for w in meta["scan_windows"]]
     out = write_json(Path(out_dir) / "inject_results.json", result)
     write_injection_report(Path(out_dir), result, docs)
@@ -180,8 +232,15 @@ def injection_config(config: str | None, *, data: str | None = None, scheduler: 
 
 
 def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None = None, seeds: int | None = None,
-                  signals: list[str] | None = None, progress: bool | str = False) -> dict:
-    """Run the scan; returns the parsed ``inject_results.json``."""
+                  signals: list[str] | None = None, levels: list[float] | None = None,
+                  progress: bool | str = False) -> dict:
+    """Run the scan; returns the parsed ``inject_results.json``.
+
+    Each signal is injected in its window (:func:`signal_plan`): the config's
+    ``regions.signal_region``, or the blind-scan window holding most of it. ``levels`` (or
+    ``injection.levels``) sets the counts per signal from target S/sqrt(B) values instead of
+    ``counts``.
+    """
     from sideband.workflows.search import check_output_dir, run_with_progress
 
     out = check_output_dir(Path(out_dir))
@@ -197,16 +256,22 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
         if not Path(s).exists():
             raise SidebandUserError(f"{s}: no such signal file; check --signal")
     scan = _blind_scan(cfg)
+    levels = sorted(set(levels)) if levels is not None else inj.levels
+    if levels and any(not lv >= 0 for lv in levels):
+        raise SidebandUserError(f"--levels {','.join(map(str, levels))}: S/sqrt(B) levels must be >= 0")
+    plans = [signal_plan(cfg, sig, counts=counts, levels=levels, cache=out / "cache") for sig in signals]
     g = Graph()
     finals, lees, points, dirs = [], [], [], []
-    for sig in signals:
+    for plan in plans:
+        sig = plan["signal"]
         stem = Path(sig).stem
-        for n in counts:
+        for n in plan["counts"]:
             for k in range(n_seeds):
                 seed = cfg.seed + k
                 pdir = out / "points" / f"{stem}-n{n}-s{seed}"
-                sub, _ = build_search_graph(_point_config(cfg, sig, n, seed), pdir, out / "cache",
-                                            meta={"mode": "inject", "seed": seed}, blind=False)
+                pcfg = _point_config(cfg, sig, n, seed, tuple(plan["signal_region"]) if plan["own_window"] else None)
+                sub, _ = build_search_graph(pcfg, pdir, out / "cache", meta={"mode": "inject", "seed": seed},
+                                            blind=False)
                 g.update(sub)
                 point = {"signal": sig, "signal_name": stem, "n_inject": n, "seed": seed}
                 finals.append(sub.final)
@@ -218,7 +283,8 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
     key = cache_key("inject", [p for p in points])
     final = g.add(Node(f"inject-report-{key}", inject_report_node,
                        {"point_results": [Ref(f) for f in finals], "point_lee": lees, "out_dir": str(out),
-                        "meta": {"points": points, "dirs": dirs, "config": cfg.to_dict(), "scan_windows": scan}},
+                        "meta": {"points": points, "dirs": dirs, "config": cfg.to_dict(), "scan_windows": scan,
+                                 "signals": plans}},
                        kind="report"))
     g.final = final.key
     log.info("injection scan: %d points, %d nodes", len(points), len(g.nodes))
