@@ -70,7 +70,7 @@ def plot_sensitivity(curves: list[dict], ceilings=()) -> str | None:
 def plot_signal_map(sens: dict, signals: list[dict], level: float = 3.0) -> str | None:
     """The sensitivity map of a signal grid: per signal (ordered by its window, labelled with it)
     and detector, the injected S/sqrt(B) at which the median global Z crosses ``level``;
-    signals whose curve never crosses are drawn as an arrow above the largest level tested. A
+    signals whose curve never crosses are drawn as a triangle at the largest level tested. A
     data URI, or None for fewer than two signals."""
     if len(signals) < 2:
         return None

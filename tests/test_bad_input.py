@@ -316,6 +316,10 @@ CASES = [
     # ---- inject --------------------------------------------------------------------------
     ("inject-bad-counts", lambda e: e.inject("--signal", e.signal(), "--counts", "0,three"),
      ["--counts '0,three'", "comma-separated integers"]),
+    ("inject-counts-and-levels", lambda e: e.inject("--signal", e.signal(), "--counts", "0,300", "--levels", "0,1"),
+     ["--counts and --levels", "choose"]),
+    ("inject-bad-levels", lambda e: e.inject("--signal", e.signal(), "--levels", "0,one"),
+     ["--levels '0,one'", "comma-separated numbers"]),
     ("inject-without-signal", lambda e: e.inject("--counts", "0"), ["no signal file to inject", "--signal"]),
     ("inject-signal-missing", lambda e: e.inject("--signal", e.tmp / "nosig.h5", "--counts", "0"),
      ["nosig.h5: no such signal file", "--signal"]),

@@ -219,6 +219,8 @@ def _cmd_inject(args) -> int:
         counts = [int(c) for c in args.counts.split(",")] if args.counts else None
     except ValueError:
         raise SidebandUserError(f"--counts {args.counts!r}: give comma-separated integers, e.g. 0,300,600") from None
+    if args.counts and args.levels:
+        raise SidebandUserError("--counts and --levels both given: choose absolute counts or S/sqrt(B) levels")
     try:
         levels = [float(c) for c in args.levels.split(",")] if args.levels else None
     except ValueError:

@@ -1,8 +1,9 @@
 """Signal-injection scan: how much signal would this search have found?
 
-For each signal file x injected count x seed, the whole search graph (all detectors, all
-windows) runs on the background with that many signal events mixed in (sampled without
-replacement); all points form one Dask graph so a cluster runs them concurrently, and
+For each signal file x injected count x seed, the search graph (all detectors) runs in the
+signal's window (``regions.signal_region``, or without one the blind-scan window holding most
+of the signal: :func:`signal_plan`) on the background with that many signal events mixed in
+(sampled without replacement); all points form one Dask graph so a cluster runs them concurrently, and
 every node is cached, so an interrupted scan resumes point by point. Points are unblinded
 (the truth is known). Per point and detector the scan records the SIC curve and max SIC
 (out-of-fold scores of the labelled SR events), the significance and upper limit after each
