@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,8 +36,6 @@ def limit_threads(n: int) -> None:
         threadpool_limits(n)
     except ImportError:  # pragma: no cover
         pass
-    import sys
-
     torch = sys.modules.get("torch")  # not imported yet: it takes its thread count from OMP_NUM_THREADS
     if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)

@@ -156,7 +156,8 @@ def test_shared_sideband_stage_serves_several_windows_without_seeing_their_signa
     for t in (n for n in graph.nodes.values() if n.kind == "train"):
         w = t.kwargs["window"]
         node = stages[t.kwargs["stage"].key]
-        assert w in node.kwargs.get("windows", (node.kwargs.get("window"),))
+        assert w in node.kwargs["windows"]
+
     def inside(m, lo, hi):
         return int(((m >= lo) & (m < hi)).sum())
 

@@ -22,6 +22,7 @@ there gives the construction and its approximations, inject_results.json the num
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -33,7 +34,8 @@ from sideband.pipeline.cache import cache_key, write_json
 from sideband.pipeline.config import Config, InjectConfig
 from sideband.pipeline.exceptions import SidebandUserError
 from sideband.pipeline.graph import Graph, Node, Ref
-from sideband.pipeline.regions import scan_windows
+from sideband.pipeline.regions import Window, scan_windows
+from sideband.pipeline.table import demo_data_path
 from sideband.pipeline.sensitivity import (CONSTRUCTION, background_in_windows, point_global, seed_band,
                                            sensitivity_curves)
 
@@ -65,7 +67,8 @@ def _mjj(cfg: Config, path: str, cache: Path) -> np.ndarray:
     return events["mjj"].to_numpy()
 
 
-def signal_plan(cfg: Config, signal: str, *, counts: list[int], levels: list[float], cache: Path) -> dict:
+def signal_plan(cfg: Config, signal: str, *, counts: list[int], levels: list[float], scan: list[Window],
+                background_mjj, cache: Path) -> dict:
     """Where one signal is injected and how much.
 
     The window: ``regions.signal_region`` when the config sets one, else the window of the
@@ -73,15 +76,15 @@ def signal_plan(cfg: Config, signal: str, *, counts: list[int], levels: list[flo
     own window: the only one the points train in). The counts: ``counts``, or with ``levels``
     (target S/sqrt(B) in that SR before selection) level x sqrt(B_SR) / f_SR, where B_SR is
     the background file's count in the SR and f_SR the signal file's fraction in it.
+    ``scan``: the blind scan's windows; ``background_mjj``: a callable giving the background
+    file's m_jj (read once for all signals, only when ``levels`` need it).
     """
     m_sig = _mjj(cfg, signal, cache)
     if cfg.regions.signal_region is not None:
         sr = tuple(float(x) for x in cfg.regions.signal_region)
         own = False
     else:
-        s = cfg.regions.scan
-        windows = scan_windows(s.range, s.width, s.step, cfg.fit.range, cfg.regions.sideband_width)
-        best = max(windows, key=lambda w: float(np.mean(w.in_sr(m_sig))))
+        best = max(scan, key=lambda w: float(np.mean(w.in_sr(m_sig))))
         sr, own = (best.sr_lo, best.sr_hi), True
     f_sr = float(np.mean((m_sig >= sr[0]) & (m_sig < sr[1]))) if len(m_sig) else 0.0
     plan = {"signal": signal, "signal_region": list(sr), "own_window": own, "f_sr": f_sr,
@@ -91,9 +94,7 @@ def signal_plan(cfg: Config, signal: str, *, counts: list[int], levels: list[flo
     if f_sr == 0:
         raise SidebandUserError(f"{signal}: none of its events falls in the SR {sr[0]:g}-{sr[1]:g} GeV; "
                                 "injection.levels needs a signal inside the scan")
-    from sideband.pipeline.table import demo_data_path
-
-    m_bkg = _mjj(cfg, cfg.data.path or str(demo_data_path()), cache)
+    m_bkg = background_mjj()
     b = int(np.sum((m_bkg >= sr[0]) & (m_bkg < sr[1])))
     plan_counts = sorted({int(round(lv * np.sqrt(b) / f_sr)) for lv in levels})
     if plan_counts[-1] > len(m_sig):
@@ -209,7 +210,7 @@ def inject_report_node(point_results: list[str], point_lee: list[dict], *, out_d
     return str(out)
 
 
-def _blind_scan(cfg: Config) -> list[dict]:
+def _blind_scan(cfg: Config) -> list[Window]:
     """The windows of ``regions.scan``: the blind scan whose tests the global Z counts."""
     s = cfg.regions.scan
     try:
@@ -217,7 +218,7 @@ def _blind_scan(cfg: Config) -> list[dict]:
     except SidebandUserError as exc:
         raise SidebandUserError(f"regions.scan: {exc} (the injection's look-elsewhere correction counts the "
                                 "blind scan of regions.scan; set regions.scan.range inside fit.range)") from None
-    return [w.to_dict() for w in windows]
+    return windows
 
 
 def injection_config(config: str | None, *, data: str | None = None, scheduler: str | None = None) -> Config:
@@ -256,11 +257,14 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
     for s in signals:
         if not Path(s).exists():
             raise SidebandUserError(f"{s}: no such signal file; check --signal")
-    scan = _blind_scan(cfg)
+    scan_ws = _blind_scan(cfg)
+    scan = [w.to_dict() for w in scan_ws]
     levels = sorted(set(levels)) if levels is not None else inj.levels
     if levels and any(not lv >= 0 for lv in levels):
         raise SidebandUserError(f"--levels {','.join(map(str, levels))}: S/sqrt(B) levels must be >= 0")
-    plans = [signal_plan(cfg, sig, counts=counts, levels=levels, cache=out / "cache") for sig in signals]
+    background_mjj = functools.cache(lambda: _mjj(cfg, cfg.data.path or str(demo_data_path()), out / "cache"))
+    plans = [signal_plan(cfg, sig, counts=counts, levels=levels, scan=scan_ws, background_mjj=background_mjj,
+                         cache=out / "cache") for sig in signals]
     g = Graph()
     finals, lees, points, dirs = [], [], [], []
     for plan in plans:

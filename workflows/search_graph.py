@@ -81,17 +81,12 @@ def _stage_nodes(g: Graph, cfg: Config, table: Ref, windows: list[Window], name:
     groups = stage_groups(windows) if det.shared_stage else [(w,) for w in windows]
     stages = {}
     for grp in groups:
-        if len(grp) == 1:
-            w = grp[0]
-            pkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, pspec.params, feats)
-            args = {"window": w}
-        else:
-            pkey = cache_key(NODE_VERSION, data_id, cfg.seed, [w.to_dict() for w in grp], name, pspec.params, feats,
-                             "shared stage")
-            args = {"windows": grp}
+        # a window alone keeps the key it always had; a shared stage is keyed by all its windows
+        where = grp[0].to_dict() if len(grp) == 1 else [[w.to_dict() for w in grp], "shared stage"]
+        pkey = cache_key(NODE_VERSION, data_id, cfg.seed, where, name, pspec.params, feats)
         label = "+".join(w.name for w in grp)
         ref = g.add(Node(f"prepare-{name}-{label}-{pkey}", fit_sideband_stage,
-                         {"table": table, "spec": pspec, **args, "seed": cfg.seed,
+                         {"table": table, "spec": pspec, "windows": grp, "seed": cfg.seed,
                           "state_path": str(cache / f"prepare-{pkey}.pkl")},
                          kind="prepare", resources=pgpu, cache=str(cache / f"prepare-{pkey}.json")))
         stages.update({w.name: (ref, len(grp) > 1) for w in grp})

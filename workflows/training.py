@@ -40,32 +40,30 @@ class DetectorSpec:
         return make_detector(self.name, self.params, random_state=random_state)
 
 
-def fit_sideband_stage(table: EventTable, *, spec: DetectorSpec, window: Window | None = None, seed: int,
-                       state_path: str, windows: tuple[Window, ...] = ()) -> SidebandStage:
+def fit_sideband_stage(table: EventTable, *, spec: DetectorSpec, windows: tuple[Window, ...], seed: int,
+                       state_path: str) -> SidebandStage:
     """Run a detector's sideband stage (e.g. the CATHODE flow) on sideband events only.
 
-    One ``window``: its SB events. A shared stage (``windows``, from
+    ``windows``: the windows the stage serves (one, or a group of
     :func:`sideband.pipeline.regions.stage_groups`): the union of their sidebands minus every
     one of their SRs, so the stage serves each of them without having seen its SR.
     """
     limit_threads(spec.threads)
     t0 = time.perf_counter()
-    group = tuple(windows) or (window,)
     events = read_table(table, ["mjj", *spec.features])
     m = events["mjj"].to_numpy()
     sb = np.zeros(len(m), dtype=bool)
-    for w in group:
+    for w in windows:
         sb |= w.in_window(m)
-    for w in group:
+    for w in windows:
         sb &= ~w.in_sr(m)
-    name = "+".join(w.name for w in group)
+    name = "+".join(w.name for w in windows)
     det = spec.build(node_seed(seed, "prepare", name))
-    first = group[0]  # every event passed lies outside each SR of the group, this one included
+    first = windows[0]  # every event passed lies outside each SR of the group, this one included
     state = det.fit_sidebands(events[list(spec.features)].to_numpy(np.float32)[sb], m[sb],
                               signal_region=(first.sr_lo, first.sr_hi))
     wall = time.perf_counter() - t0
     state["wall_s"] = wall
-    state["windows"] = [w.name for w in group]
     with atomic_path(state_path, ".pkl") as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
