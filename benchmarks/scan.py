@@ -22,17 +22,20 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def _tree_rss() -> int:
+def _tree_rss() -> tuple[int, int]:
+    """Summed and largest single-process RSS of this process and its children (workers)."""
     import psutil
 
     me = psutil.Process(os.getpid())
-    total = 0
+    total = largest = 0
     for p in [me, *me.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
         except psutil.Error:
-            pass
-    return total
+            continue
+        total += rss
+        largest = max(largest, rss)
+    return total, largest
 
 
 def main(argv=None) -> int:
@@ -47,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="compute.device")
     ap.add_argument("--shared-stage", choices=["on", "off"], default=None,
                     help="detectors.cathode.shared_stage (one flow per group of separated windows)")
+    ap.add_argument("--gpu-workers", type=int, default=None, help="compute.gpu_workers_per_device")
+    ap.add_argument("--progress", action="store_true", help="print each stage's progress (quarters) as it runs")
     args = ap.parse_args(argv)
 
     from sideband.pipeline.graph import run_graph
@@ -61,18 +66,23 @@ def main(argv=None) -> int:
         overrides["compute"]["n_workers"] = args.workers
     if args.device:
         overrides["compute"]["device"] = args.device
+    if args.gpu_workers:
+        overrides["compute"]["gpu_workers_per_device"] = args.gpu_workers
     if args.shared_stage:
         overrides["detectors"] = {"cathode": {"shared_stage": args.shared_stage == "on"}}
     cfg = load_config(args.config, overrides)
     graph, windows = build_search_graph(cfg, args.out, meta={"mode": "benchmark", "seed": cfg.seed}, blind=False)
     stage_end: dict[str, float] = {}
     counts: dict[str, int] = defaultdict(int)
-    peak = [0]
+    peak = [0, 0]
     done = threading.Event()
+    totals = defaultdict(int)
+    for node in graph.nodes.values():
+        totals[node.kind] += 1
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss())
+            peak[:] = [max(a, b) for a, b in zip(peak, _tree_rss())]
             time.sleep(0.5)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -80,6 +90,10 @@ def main(argv=None) -> int:
     def on_event(ev):
         stage_end[ev.kind] = ev.elapsed_s
         counts[ev.kind] += 1
+        n, total = counts[ev.kind], totals[ev.kind]
+        if args.progress and (n == total or n * 4 // total > (n - 1) * 4 // total):
+            print(f"[{ev.elapsed_s:6.0f} s] {ev.kind}: {n}/{total} nodes; peak RSS {peak[0] / 1024**3:.2f} GiB "
+                  f"(largest process {peak[1] / 1024**3:.2f} GiB)", flush=True)
 
     t0 = time.perf_counter()
     path = run_graph(graph, cfg.compute, on_event=on_event)
@@ -91,12 +105,14 @@ def main(argv=None) -> int:
     out = {"events": doc["n_events"], "injected": doc["n_injected"], "windows": len(windows),
            "nodes": len(graph), "detectors": sorted(cfg.enabled_detectors()), "wall_s": wall,
            "stage_finished_s": stage_end, "stage_nodes": dict(counts), "peak_rss_gib": peak[0] / 1024**3,
+           "peak_process_rss_gib": peak[1] / 1024**3, "device": cfg.compute.device,
            "best": {k: best.get(k) for k in ("window", "detector", "selection", "z_local", "z_global",
                                               "z_global_method", "n_observed_sr", "n_expected_sr",
                                               "n_signal_sr_truth")}}
     print(f"{out['events']} events ({out['injected']} injected), {out['windows']} windows, {out['nodes']} nodes, "
           f"detectors {', '.join(out['detectors'])}")
-    print(f"wall {wall:.0f} s; peak RSS (all processes) {out['peak_rss_gib']:.2f} GiB")
+    print(f"wall {wall:.0f} s; peak RSS (all processes) {out['peak_rss_gib']:.2f} GiB, "
+          f"largest single process {out['peak_process_rss_gib']:.2f} GiB")
     print("stage finished at [s]: " + ", ".join(f"{k} {v:.0f} ({counts[k]} nodes)" for k, v in stage_end.items()))
     per_det = {}
     for r in rows:

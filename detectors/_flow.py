@@ -92,7 +92,7 @@ class ConditionalFlow:
         for epoch in range(int(p["epochs"])):
             flow.train()
             order = trn[torch.randperm(len(trn), generator=gen).to(dev)]
-            tot, cnt = 0.0, 0
+            tot, cnt = torch.zeros((), device=dev), 0  # summed on the device: no host sync per batch
             for i in range(0, len(order), bs):
                 idx = order[i:i + bs]
                 loss = -flow.log_prob(xt[idx], context=ct[idx]).mean()
@@ -105,13 +105,13 @@ class ConditionalFlow:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                tot += float(loss.detach()) * len(idx)
+                tot += loss.detach() * len(idx)
                 cnt += len(idx)
             flow.eval()
             with torch.no_grad():
                 vl = float(torch.cat([-flow.log_prob(xt[val[j:j + 8192]], context=ct[val[j:j + 8192]])
                                       for j in range(0, len(val), 8192)]).mean())
-            train_curve.append(tot / max(cnt, 1))
+            train_curve.append(float(tot) / max(cnt, 1))
             val_curve.append(vl)
             if np.isfinite(vl):
                 best.append((vl, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in flow.state_dict().items()})))

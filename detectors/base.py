@@ -93,6 +93,13 @@ class BaseDetector(BaseEstimator):
         parameters: those stages can use a GPU, and the search passes them a ``device``."""
         return False
 
+    @classmethod
+    def gpu_pays(cls, params: dict, stage: str = "fit") -> bool:
+        """Whether ``stage`` trains faster on a GPU than on a CPU worker at these parameters
+        (``compute.device: auto`` sends only such stages to GPU workers; ``cuda`` sends every
+        torch stage). Measured with benchmarks/gpu.py; False unless a detector says otherwise."""
+        return False
+
     def training_log(self) -> Any:
         """JSON-serialisable training history (e.g. validation loss per epoch); empty by default."""
         return []

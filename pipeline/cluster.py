@@ -22,7 +22,7 @@ from pathlib import Path
 from .exceptions import SidebandUserError
 
 __all__ = ["open_client", "worker_resources", "cpu_workers", "worker_specs", "count_gpus", "cuda_visible",
-           "limit_threads"]
+           "gpu_workers_per_device", "limit_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +74,32 @@ def count_gpus(compute) -> int:
     return cuda_visible()
 
 
-def worker_specs(n_workers: int, n_gpus: int, threads: int) -> dict[str, dict]:
+def worker_specs(n_workers: int, n_gpus: int, threads: int, per_gpu: int = 1) -> dict[str, dict]:
     """Worker specs of a local cluster with GPUs, the way dask-cuda places them.
 
-    One worker per GPU, pinned with ``CUDA_VISIBLE_DEVICES`` and advertising
-    ``{"GPU": 1}`` (one training at a time on each GPU), plus CPU workers for the remaining
-    cores with no GPU visible. Returned as ``{name: {"cls": Nanny, "options": ...}}`` for
-    :class:`distributed.SpecCluster`.
+    ``per_gpu`` workers per GPU (one, as dask-cuda, by default), each pinned with
+    ``CUDA_VISIBLE_DEVICES`` and advertising ``{"GPU": 1}`` (one training at a time per
+    worker), plus CPU workers for the remaining cores with no GPU visible. Returned as
+    ``{name: {"cls": Nanny, "options": ...}}`` for :class:`distributed.SpecCluster`.
     """
     from distributed import Nanny
 
     env = {"OMP_NUM_THREADS": str(threads)}
     specs = {}
     for i in range(n_gpus):
-        specs[f"gpu-{i}"] = {"cls": Nanny, "options": {
-            "nthreads": 1, "resources": {"GPU": 1}, "env": env | {"CUDA_VISIBLE_DEVICES": str(i)}}}
-    for i in range(max(n_workers - n_gpus, 1)):
+        for j in range(per_gpu):
+            specs[f"gpu-{i}" + (f"-{j}" if per_gpu > 1 else "")] = {"cls": Nanny, "options": {
+                "nthreads": 1, "resources": {"GPU": 1}, "env": env | {"CUDA_VISIBLE_DEVICES": str(i)}}}
+    for i in range(max(n_workers - n_gpus * per_gpu, 1)):
         specs[f"cpu-{i}"] = {"cls": Nanny, "options": {"nthreads": threads, "env": env | {"CUDA_VISIBLE_DEVICES": ""}}}
     return specs
+
+
+def gpu_workers_per_device(compute, n_workers: int, n_gpus: int) -> int:
+    """``compute.gpu_workers_per_device``, or by default 4 per GPU but at most a quarter of the workers."""
+    if compute.gpu_workers_per_device:
+        return int(compute.gpu_workers_per_device)
+    return max(1, min(4, n_workers // (4 * max(n_gpus, 1))))
 
 
 def _local_cluster(compute):
@@ -102,8 +110,10 @@ def _local_cluster(compute):
     n_gpus = count_gpus(compute) if compute.processes else 0
     with _workers_ignore_sigint():
         if n_gpus:
-            log.info("local cluster: %d GPU worker(s) + %d CPU worker(s)", n_gpus, max(n_workers - n_gpus, 1))
-            return SpecCluster(workers=worker_specs(n_workers, n_gpus, threads),
+            per_gpu = gpu_workers_per_device(compute, n_workers, n_gpus)
+            log.info("local cluster: %d GPU worker(s) + %d CPU worker(s)", n_gpus * per_gpu,
+                     max(n_workers - n_gpus * per_gpu, 1))
+            return SpecCluster(workers=worker_specs(n_workers, n_gpus, threads, per_gpu),
                                scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}})
         kwargs = {"env": {"OMP_NUM_THREADS": str(threads)}} if compute.processes else {}
         return LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=bool(compute.processes),

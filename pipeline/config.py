@@ -158,8 +158,15 @@ class ComputeConfig(_Strict):
     n_workers: int | None = Field(default=None, gt=0)
     threads_per_worker: int = Field(default=1, gt=0)
     processes: bool = True
-    #: Where torch training runs: auto (a GPU where the workers have one), cpu, or cuda.
+    #: Where torch training runs: auto (on a GPU where the workers have one, for the stages that
+    #: train faster there: the CATHODE flow; the autoencoder and MLP classifiers are small
+    #: enough to run faster on a CPU worker), cpu (CUDA never touched), or cuda (every torch stage).
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Local GPU machine: Dask workers sharing each GPU (each its own process and CUDA context).
+    #: Small models leave a GPU idle between kernel launches, so several trainings fill it: four
+    #: CATHODE flows at once on an H200 trained 1.7x as many epochs per second as one.
+    #: None: 4, but at most a quarter of the workers.
+    gpu_workers_per_device: int | None = Field(default=None, ge=1, le=16)
     retries: int = Field(default=2, ge=0)
     #: Seconds to wait for an external scheduler before giving up.
     connect_timeout: float = Field(default=10.0, gt=0)

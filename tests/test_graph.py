@@ -156,3 +156,22 @@ def test_building_a_search_on_a_machine_without_gpu_driver_does_not_import_torch
             "print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_several_workers_can_share_each_gpu():
+    """compute.gpu_workers_per_device: k pinned GPU workers per device, the rest of the cores CPU."""
+    from sideband.pipeline.cluster import worker_specs
+
+    specs = worker_specs(n_workers=10, n_gpus=2, threads=1, per_gpu=3)
+    gpu = {k: s["options"] for k, s in specs.items() if "GPU" in (s["options"].get("resources") or {})}
+    cpu = [s["options"] for k, s in specs.items() if k not in gpu]
+    assert sorted(o["env"]["CUDA_VISIBLE_DEVICES"] for o in gpu.values()) == ["0", "0", "0", "1", "1", "1"]
+    assert len(cpu) == 4 and all(o["env"]["CUDA_VISIBLE_DEVICES"] == "" for o in cpu)
+
+
+@pytest.mark.parametrize("cores,gpus,expected", [(16, 1, 4), (8, 1, 2), (2, 1, 1), (32, 2, 4)])
+def test_gpu_workers_per_device_default_leaves_most_cores_to_cpu_nodes(cores, gpus, expected):
+    from sideband.pipeline.cluster import gpu_workers_per_device
+
+    assert gpu_workers_per_device(ComputeConfig(), cores, gpus) == expected
+    assert gpu_workers_per_device(ComputeConfig(gpu_workers_per_device=3), cores, gpus) == 3

@@ -58,9 +58,11 @@ def _spec(cfg: Config, name: str, device: str, stage: str) -> tuple[DetectorSpec
     det = cfg.detectors[name]
     cls = load_detector_class(name)
     params = dict(det.params)
-    gpu = device != "cpu" and cls.uses_torch(params, stage)
+    # auto: a GPU only for the stages measured faster there (gpu_pays); cuda: every torch stage
+    wanted = cfg.compute.device == "cuda" or cls.gpu_pays(params, stage)
+    gpu = device != "cpu" and cls.uses_torch(params, stage) and wanted
     if "device" in cls.Params.model_fields:
-        params["device"] = device if cls.uses_torch(params, stage) else "cpu"
+        params["device"] = device if gpu else "cpu"
     spec = DetectorSpec(name=name, params=params, features=tuple(det.features or cfg.features), n_folds=det.folds,
                         threads=cfg.compute.threads_per_worker)
     return spec, ({"GPU": 1} if gpu else None)
