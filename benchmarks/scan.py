@@ -81,11 +81,14 @@ def main(argv=None) -> int:
         totals[node.kind] += 1
 
     def sample():
+        last = time.perf_counter()
         while not done.is_set():
             peak[:] = [max(a, b) for a, b in zip(peak, _tree_rss())]
             time.sleep(0.5)
-
-    threading.Thread(target=sample, daemon=True).start()
+            if args.progress and time.perf_counter() - last >= 60:  # a heartbeat for time-boxed runs
+                last = time.perf_counter()
+                print(f"[{last - t0:6.0f} s] {sum(counts.values())}/{len(graph)} nodes; peak RSS {peak[0] / 1024**3:.2f}"
+                      f" GiB (largest process {peak[1] / 1024**3:.2f} GiB)", flush=True)
 
     def on_event(ev):
         stage_end[ev.kind] = ev.elapsed_s
@@ -96,6 +99,7 @@ def main(argv=None) -> int:
                   f"(largest process {peak[1] / 1024**3:.2f} GiB)", flush=True)
 
     t0 = time.perf_counter()
+    threading.Thread(target=sample, daemon=True).start()
     path = run_graph(graph, cfg.compute, on_event=on_event)
     wall = time.perf_counter() - t0
     done.set()
