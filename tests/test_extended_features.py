@@ -264,3 +264,25 @@ def test_data_substructure_key_gives_the_search_the_extended_set(tmp_path):
     with pytest.raises(ConfigError, match="data.substructure"):
         config_from_dict({"data": {"substructure": "full"}})
     assert DataConfig().substructure == "standard"
+
+
+def test_large_chunks_are_clustered_in_batches_with_the_same_result(monkeypatch):
+    """fastjet's multi-event call slows super-linearly with events: chunks are clustered in
+    batches of CLUSTER_BATCH, which must not change a single feature."""
+    import numpy as np
+
+    from sideband.pipeline import features
+
+    rng = np.random.default_rng(5)
+    n, k = 60, 40
+    pt = rng.exponential(50.0, (n, k)) * (rng.random((n, k)) < 0.8)
+    pt[:, :2] = 1300.0
+    eta = rng.normal(0, 1, (n, k))
+    phi = rng.uniform(-np.pi, np.pi, (n, k))
+    phi[:, 1] = phi[:, 0] + np.pi
+    whole, keep = features.cluster_particles(pt, eta, phi, substructure="extended")
+    monkeypatch.setattr(features, "CLUSTER_BATCH", 7)
+    batched, keep_b = features.cluster_particles(pt, eta, phi, substructure="extended")
+    assert keep.sum() > 0 and np.array_equal(keep, keep_b)
+    for col, values in whole.items():
+        np.testing.assert_array_equal(np.asarray(values), batched[col], err_msg=col)
