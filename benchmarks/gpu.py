@@ -32,14 +32,18 @@ import numpy as np
 SR = (3300.0, 3700.0)
 
 
+def _resample(n_src: int, n: int) -> np.ndarray:
+    """``n`` row indices of ``n_src`` (seed 0): without replacement up to the file's size, with it beyond."""
+    rng = np.random.default_rng(0)
+    return rng.choice(n_src, n, replace=False) if n <= n_src else rng.integers(0, n_src, n)
+
+
 def _frame(path: str, n: int | None):
     from sideband.pipeline.io import read_events
 
     ev, _ = read_events(path)
     if n and n != len(ev):
-        rng = np.random.default_rng(0)
-        rows = rng.choice(len(ev), n, replace=False) if n < len(ev) else rng.integers(0, len(ev), n)
-        ev = ev.iloc[rows].reset_index(drop=True)
+        ev = ev.iloc[_resample(len(ev), n)].reset_index(drop=True)
     return ev
 
 
@@ -126,9 +130,7 @@ def run_scan(data: str, n: int, device: str, timeout: float, workdir: Path) -> d
         import pandas as pd
 
         src = pd.read_hdf(data, "df")  # the file's own layout, resampled by rows
-        rng = np.random.default_rng(0)
-        rows = rng.choice(len(src), n, replace=False) if n <= len(src) else rng.integers(0, len(src), n)
-        src.iloc[rows].reset_index(drop=True).to_hdf(path, key="df", mode="w")
+        src.iloc[_resample(len(src), n)].reset_index(drop=True).to_hdf(path, key="df", mode="w")
         del src
     out_json = workdir / f"scan-{n}-{device}.json"
     cmd = [sys.executable, "-u", str(Path(__file__).resolve().parent / "scan.py"), "--data", str(path),
