@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_path
+from .scanplots import run_label
 
 __all__ = ["plot_limits"]
 
@@ -82,7 +83,7 @@ def plot_limits(rows: list[dict], path) -> Path:
             handles, labels = next(a for a in axes.ravel() if a.get_visible()).get_legend_handles_labels()
             fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=12, frameon=False,
                        bbox_to_anchor=(0.5, 1.0 + 0.04 / len(detectors)))
-            mplhep.label.exp_label(exp="sideband", llabel="", rlabel="13 TeV", ax=axes[0][0], fontsize=13)
+            run_label(axes[0][0], fontsize=13)
             fig.tight_layout()
             with atomic_path(path, ".png") as tmp:
                 fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")

@@ -12,7 +12,7 @@ import numpy as np
 
 from .cache import atomic_path, write_json
 from .scanplots import img_html as _img
-from .scanplots import plot_sic_curves, plot_training
+from .scanplots import plot_sic_curves, plot_training, run_label
 
 __all__ = ["write_results", "format_table", "format_signal_table", "format_summary", "fmt_value", "plot_spectra",
            "package_versions", "write_html_report", "write_injection_report", "RESULTS_SCHEMA_VERSION"]
@@ -185,7 +185,7 @@ def plot_spectra(stats_outputs: list[dict], plot_dir: Path) -> list[str]:
             axp.axhline(0, color="k", lw=0.8)
             axp.set_ylabel("Pull")
             axp.set_xlabel(r"$m_{jj}$ [GeV]")
-            mplhep.label.exp_label(exp="sideband", llabel="", rlabel="13 TeV", ax=ax)
+            run_label(ax)
             name = f"mjj_{rows[0]['detector']}_{rows[0]['window']}.png"
             with atomic_path(plot_dir / name, ".png") as tmp:
                 fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")

@@ -22,8 +22,16 @@ import numpy as np
 
 from .verdict import FIT_P_MIN, poor_fit, problem, short_label, window_summary
 
-__all__ = ["compress_png", "png_uri", "figure_uri", "plot_significance", "plot_fit_quality", "plot_sic_curves",
+__all__ = ["run_label", "compress_png", "png_uri", "figure_uri", "plot_significance", "plot_fit_quality", "plot_sic_curves",
            "plot_training", "limits_uri", "spectrum_uris", "centre_tev", "png_b64", "img_html", "windows_html"]
+
+
+def run_label(ax, fontsize: float = 16) -> None:
+    """The experiment label above ``ax`` ("sideband" left, "13 TeV" right) as two plain texts:
+    mplhep's ``exp_label`` draws the figure to place them and took 40% of each spectrum plot."""
+    ax.text(0.0, 1.01, "sideband", transform=ax.transAxes, ha="left", va="bottom", fontweight="bold",
+            fontsize=fontsize * 1.25)
+    ax.text(1.0, 1.01, "13 TeV", transform=ax.transAxes, ha="right", va="bottom", fontsize=fontsize)
 
 
 def compress_png(data: bytes) -> bytes:
