@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-from sideband.detectors.base import make_detector  # noqa: E402
+from sideband.detectors.base import make_detector, score_events  # noqa: E402
 from sideband.pipeline.config import load_config  # noqa: E402
 from sideband.pipeline.io import load_events  # noqa: E402
 from sideband.pipeline.metrics import sic_curve, summarise_seeds  # noqa: E402
@@ -70,7 +70,8 @@ def benchmark_split(seed, cfg, bkg, sig, extra, *, n_inject, features=None):
     win = (m >= fit_lo) & (m < fit_hi)
     X, m, label = data[win], m[win], label[win]
     sig_m = sig["mjj"].to_numpy()[test_sig]
-    X_sig_test = sig[feats].to_numpy(np.float32)[test_sig][(sig_m >= lo) & (sig_m < hi)]
+    sig_sr = (sig_m >= lo) & (sig_m < hi)
+    X_sig_test = sig[feats].to_numpy(np.float32)[test_sig][sig_sr]
     em = extra["mjj"].to_numpy()
     ex_sr = np.flatnonzero((em >= lo) & (em < hi))
     ex_sr = rng.permutation(ex_sr)
@@ -79,6 +80,7 @@ def benchmark_split(seed, cfg, bkg, sig, extra, *, n_inject, features=None):
     return {"X": X, "m": m, "label": label, "X_sig_test": X_sig_test,
             "X_ref": extra[feats].to_numpy(np.float32)[ex_sr[:half]],
             "X_bkg_test": extra[feats].to_numpy(np.float32)[ex_sr[half:]],
+            "m_sig_test": sig_m[sig_sr], "m_bkg_test": em[ex_sr[half:]],
             "signal_region": (lo, hi), "n_signal_sr": int(label[in_sr].sum()),
             "n_background_sr": int((1 - label[in_sr]).sum())}
 
@@ -98,7 +100,8 @@ def fit_and_score(name, params, split, *, seed, min_background):
     t0 = time.perf_counter()
     det.fit(split["X"], split["m"], signal_region=split["signal_region"], **extra_kw)
     wall = time.perf_counter() - t0
-    curve = sic_curve(det.score(split["X_sig_test"]), det.score(split["X_bkg_test"]), min_background)
+    curve = sic_curve(score_events(det, split["X_sig_test"], split["m_sig_test"]),
+                      score_events(det, split["X_bkg_test"], split["m_bkg_test"]), min_background)
     info = {}
     if hasattr(det, "flow_history_"):
         h = det.flow_history_

@@ -149,6 +149,23 @@ class ConditionalFlow:
                     out[sub] = flow.sample(1, context=torch.as_tensor(c[sub])).squeeze(1).numpy()
         return out
 
+    def transform_to_noise(self, x: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """The base-space image of each event under the best kept epoch's flow (N(0, 1) for
+        events the flow describes)."""
+        import torch
+
+        flow = _build(self.n_features_, self.params)
+        flow.load_state_dict(self.states_[0])  # states_ are sorted by validation loss
+        flow.eval()
+        x = np.asarray(x, np.float32)
+        c = np.asarray(c, np.float32).reshape(-1, 1)
+        out = np.empty_like(x)
+        with torch.no_grad():
+            for j in range(0, len(x), 65536):
+                out[j:j + 65536] = flow.transform_to_noise(torch.as_tensor(x[j:j + 65536]),
+                                                           context=torch.as_tensor(c[j:j + 65536])).numpy()
+        return out
+
     def state(self) -> dict:
         return {"params": self.params, "states": self.states_, "history": self.history_,
                 "n_features": self.n_features_, "seed": self.seed}

@@ -47,7 +47,7 @@ from sklearn.base import BaseEstimator
 from sideband.pipeline.cache import atomic_path
 from sideband.pipeline.exceptions import ConfigError, NotFittedError
 
-__all__ = ["BaseDetector", "DetectorParams", "load_detector_class", "make_detector", "validate_params",
+__all__ = ["BaseDetector", "DetectorParams", "load_detector_class", "make_detector", "score_events", "validate_params",
            "check_config", "check_fitted", "torch_device"]
 
 
@@ -74,6 +74,8 @@ class BaseDetector(BaseEstimator):
     needs_sideband_stage: ClassVar[bool] = False
     #: True when the search keeps each fold's fitted model (``save``/``load``) for export.
     keeps_model: ClassVar[bool] = False
+    #: True when the score of an event depends on its mjj too: ``score(X, m)`` (LaCATHODE).
+    scores_at_mass: ClassVar[bool] = False
     #: The parameter model (validated before anything runs).
     Params: ClassVar[type[DetectorParams]] = DetectorParams
 
@@ -85,6 +87,8 @@ class BaseDetector(BaseEstimator):
         raise NotImplementedError(f"{type(self).__name__} has no sideband stage")
 
     def score(self, X) -> np.ndarray:  # pragma: no cover
+        """Anomaly score of each event (higher = more anomalous). A detector with
+        ``scores_at_mass`` scores an event at its mass: ``score(X, m)``."""
         raise NotImplementedError
 
     @classmethod
@@ -119,6 +123,11 @@ class BaseDetector(BaseEstimator):
         if not isinstance(det, cls):
             raise TypeError(f"{path}: holds a {type(det).__name__}, not a {cls.__name__}")
         return det
+
+
+def score_events(detector: BaseDetector, X, m) -> np.ndarray:
+    """``detector``'s scores of events ``X`` at masses ``m`` (passed on only where it uses them)."""
+    return detector.score(X, m) if detector.scores_at_mass else detector.score(X)
 
 
 def check_fitted(detector: BaseDetector, attribute: str) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sideband.detectors.base import load_detector_class
+from sideband.detectors.base import load_detector_class, score_events
 from sideband.pipeline.cache import atomic_path, cache_key, file_hash
 from sideband.pipeline.exceptions import InputFileError, SidebandUserError
 from sideband.pipeline.records import EventTable, FoldScores, WindowScores
@@ -100,7 +100,8 @@ def _fold_model_scores(sidecar: str, detector: str, events: pd.DataFrame) -> np.
     side = Path(sidecar)
     info = json.loads(side.read_text())
     det = load_detector_class(detector).load(side.parent / info["model"])
-    return np.asarray(det.score(events[list(info["features"])].to_numpy(np.float32, copy=True)), dtype=np.float64)
+    X = events[list(info["features"])].to_numpy(np.float32, copy=True)
+    return np.asarray(score_events(det, X, events["mjj"].to_numpy()), dtype=np.float64)
 
 
 def score_template(template: EventTable, folds: list[FoldScores], *, detector: str) -> WindowScores:

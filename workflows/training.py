@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sideband.detectors.base import BaseDetector, make_detector
+from sideband.detectors.base import BaseDetector, make_detector, score_events
 from sideband.pipeline.cache import atomic_path, write_json
 from sideband.pipeline.cluster import limit_threads
 from sideband.pipeline.evaluate import node_seed
@@ -137,7 +137,7 @@ def train_fold(table: EventTable, stage: SidebandStage | None, *, spec: Detector
     scores = np.full(len(events), np.nan, dtype=np.float64)
     scorable = np.ones(len(events), dtype=bool)
     scorable[train] = False
-    scores[scorable] = det.score(X[scorable])
+    scores[scorable] = score_events(det, X[scorable], m[scorable])
     heldout = np.zeros(len(events), dtype=bool)
     heldout[held] = True
     saved = _save_model(det, spec, window, fold, model_path, ~scorable) if model_path else None
