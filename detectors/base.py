@@ -104,6 +104,14 @@ class BaseDetector(BaseEstimator):
         torch stage). Measured with benchmarks/gpu.py; False unless a detector says otherwise."""
         return False
 
+    @classmethod
+    def stage_identity(cls, params: dict) -> Any:
+        """What the sideband stage's output depends on, besides the data, windows, features and
+        seed: detectors with equal identities share one stage node (LaCATHODE trains on CATHODE's
+        flow when their flow settings agree). JSON-serialisable; by default the detector and all
+        its parameters."""
+        return [cls.name, params]
+
     def training_log(self) -> Any:
         """JSON-serialisable training history (e.g. validation loss per epoch); empty by default."""
         return []

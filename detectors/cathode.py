@@ -72,6 +72,11 @@ class Cathode(ClassifierDetector, BaseDetector):
         # (the MLP ran 0.6x on the GPU, launch-bound) and stay on CPU workers under auto.
         return stage == "sidebands"
 
+    @classmethod
+    def stage_identity(cls, params: dict) -> Any:
+        # the sideband stage is the flow alone: its settings and where it trains
+        return ["conditional flow", params.get("flow_params"), params.get("device", "auto")]
+
     def __init__(self, *, flow_params=None, oversampling=4.0, model="hgb", n_ensemble=5, hgb_params=None,
                  mlp_params=None, device="auto", random_state=None):
         self.flow_params = flow_params

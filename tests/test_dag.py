@@ -242,3 +242,21 @@ def test_gp_background_in_the_search(small_h5, fast_config, tmp_path):
     # stats.toys_below (the asymptotic formula only above it)
     excess = [r for r in rows if r["n_expected_sr"] < cfg.stats.toys_below and r["z_local_asymptotic"] > 0]
     assert excess and all(r["p_value_method"] == "toys" and r["p0_toys"]["null"].startswith("GP posterior") for r in excess)
+
+
+def test_lacathode_trains_on_cathodes_flow_when_their_flows_agree(small_h5, fast_config, tmp_path):
+    """One flow per window serves CATHODE and LaCATHODE (same flow settings); different flow
+    settings are different stages."""
+    flow = {"n_transforms": 1, "hidden": 8, "epochs": 2, "n_average": 1}
+    det = {"folds": 2, "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 10}, "oversampling": 1.0,
+                                  "flow_params": flow}}
+    cfg = fast_config(small_h5, detectors={"cathode": det, "lacathode": det}, stats={"selections": [0.1]})
+    graph, _ = build_search_graph(cfg, tmp_path)
+    prepare = [n for n in graph.nodes.values() if n.kind == "prepare"]
+    assert len(prepare) == 1
+    assert {n.kwargs["stage"].key for n in graph.nodes.values() if n.kind == "train"} == {prepare[0].key}
+    res = run_search(cfg, tmp_path / "out")
+    assert {r["detector"] for r in res["results"]} == {"none", "cathode", "lacathode"}
+    other = {**det, "params": {**det["params"], "flow_params": {**flow, "hidden": 12}}}
+    cfg2 = fast_config(small_h5, detectors={"cathode": det, "lacathode": other}, stats={"selections": [0.1]})
+    assert sum(n.kind == "prepare" for n in build_search_graph(cfg2, tmp_path / "two")[0].nodes.values()) == 2

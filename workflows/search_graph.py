@@ -85,9 +85,10 @@ def _stage_nodes(g: Graph, cfg: Config, table: Ref, windows: list[Window], name:
     for grp in groups:
         # a window alone keeps the key it always had; a shared stage is keyed by all its windows
         where = grp[0].to_dict() if len(grp) == 1 else [[w.to_dict() for w in grp], "shared stage"]
-        pkey = cache_key(NODE_VERSION, data_id, cfg.seed, where, name, pspec.params, feats)
+        # keyed by what the stage computes, not by the detector: equal stages are one node
+        pkey = cache_key(NODE_VERSION, data_id, cfg.seed, where, cls.stage_identity(pspec.params), feats)
         label = "+".join(w.name for w in grp)
-        ref = g.add(Node(f"prepare-{name}-{label}-{pkey}", fit_sideband_stage,
+        ref = g.add(Node(f"prepare-{label}-{pkey}", fit_sideband_stage,
                          {"table": table, "spec": pspec, "windows": grp, "seed": cfg.seed,
                           "state_path": str(cache / f"prepare-{pkey}.pkl")},
                          kind="prepare", resources=pgpu, cache=str(cache / f"prepare-{pkey}.json")))
