@@ -63,11 +63,11 @@ def _time(fn, device: str) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def flow_stage(X, m, device: str, batch_size: int | None = None) -> dict:
+def flow_stage(X, m, device: str, batch_size: int | None = None, extra: dict | None = None) -> dict:
     from sideband.detectors.base import make_detector
     from sideband.pipeline.config import SCAN_FLOW
 
-    params = dict(SCAN_FLOW) | ({"batch_size": batch_size} if batch_size else {})
+    params = dict(SCAN_FLOW) | ({"batch_size": batch_size} if batch_size else {}) | (extra or {})
     cath = make_detector("cathode", {"flow_params": params, "device": device}, random_state=1)
     sb = (m < SR[0]) | (m >= SR[1])
     wall, state = _time(lambda: cath.fit_sidebands(X[sb], m[sb], signal_region=SR), device)
@@ -165,6 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the CPU runs (default: 2)")
     ap.add_argument("--devices", default=None, help="comma list of cpu, cuda (default: cpu, and cuda if visible)")
     ap.add_argument("--flow-batches", type=int, nargs="*", default=[], help="extra CUDA flow runs at these batch sizes")
+    ap.add_argument("--flow-variants", nargs="*", default=[],
+                    help="flow runs with bf16 autocast and/or torch.compile: bf16, compile, bf16+compile "
+                         "(on CUDA when visible; validation NLL in fp32, compare with the fp32 run)")
     ap.add_argument("--concurrent", type=int, nargs="*", default=[],
                     help="also train K flows at once in K processes on CUDA (GPU workers sharing a GPU)")
     ap.add_argument("--compare", default=None, help="JSON of another run whose CPU numbers to compare with")
@@ -195,6 +198,18 @@ def main(argv=None) -> int:
                 result["stages"].setdefault("cuda_flow_batches", {})[str(bs)] = r
                 print(f"cuda  flow batch {bs}: {r['s_per_epoch']:.3f} s/epoch x {r['epochs']} epochs, node "
                       f"{r['node_s']:.1f} s, best validation NLL {r['best_val_loss']:.4f}", flush=True)
+    if args.flow_variants:
+        X, m = _inputs(args.data, args.events)
+        dev = "cuda" if cuda else "cpu"
+        for variant in args.flow_variants:
+            parts = set(variant.split("+"))
+            if not parts <= {"bf16", "compile"}:
+                ap.error(f"--flow-variants: unknown variant {variant!r} (bf16, compile, bf16+compile)")
+            extra = {"precision": "bf16" if "bf16" in parts else "fp32", "compile": "compile" in parts}
+            r = flow_stage(X, m, dev, extra=extra)
+            result.setdefault("flow_variants", {})[f"{dev}:{variant}"] = r
+            print(f"{dev:<5} flow {variant}: {r['s_per_epoch']:.3f} s/epoch x {r['epochs']} epochs, node "
+                  f"{r['node_s']:.1f} s, best validation NLL (fp32) {r['best_val_loss']:.4f}", flush=True)
     for k in args.concurrent:
         r = concurrent_flows(args.data, args.events, k, "cuda" if cuda else "cpu")
         result.setdefault("concurrent_flows", []).append(r)

@@ -4,7 +4,8 @@
 #   1. the tests marked gpu (CUDA vs CPU agreement, a small search with device cuda);
 #   2. benchmarks/gpu.py: CATHODE flow, autoencoder and MLP per epoch on CUDA (and at a larger
 #      flow batch), compared with CPU numbers from CPU_JSON (a 2-core run of gpu.py --devices cpu)
-#      when given, else measured here;
+#      when given, else measured here; the flow with bf16 autocast and torch.compile (validation
+#      NLL in fp32, to compare with the fp32 run);
 #   3. the default blind scan with compute.device auto on DATA (with SIGNAL injected when given);
 #   4. the default blind scan on 1,000,000 events resampled from DATA, with what time is left.
 # usage: benchmarks/gpu_machine.sh OUT DATA [SIGNAL] [CPU_JSON] [BUDGET_S]
@@ -24,7 +25,8 @@ echo "== gpu tests ($(left) s left)"
 timeout 180 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -W default -rs 2>&1 | tail -25 | tee "$out/gpu_tests.log"
 echo "== stages ($(left) s left)"
 cmp=(); [ -n "$cpujson" ] && cmp=(--compare "$cpujson" --devices cuda)
-timeout 240 python3 benchmarks/gpu.py --data "$data" "${cmp[@]}" --flow-batches 16384 --json "$out/gpu_stages.json" 2>&1 \
+timeout 360 python3 benchmarks/gpu.py --data "$data" "${cmp[@]}" --flow-batches 16384 \
+  --flow-variants bf16 compile bf16+compile --json "$out/gpu_stages.json" 2>&1 \
   | grep -v Warning | tail -20 | tee "$out/gpu_stages.log"
 echo "== default scan, device auto ($(left) s left)"
 inj=(); [ -n "$signal" ] && inj=(--inject "$signal" --n-inject 460)

@@ -11,6 +11,7 @@ here (permutations only).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -54,6 +55,10 @@ DEFAULTS = {
     "transform": "rq-spline", "n_transforms": 4, "hidden": 64, "n_blocks": 2, "n_bins": 8,
     "tail_bound": 4.0, "epochs": 100, "batch_size": 2048, "lr": 2e-3, "patience": 10,
     "validation_fraction": 0.2, "n_average": 5, "weight_decay": 0.0,
+    # Training arithmetic, for measuring on a GPU (benchmarks/gpu.py --flow-variants): "bf16" runs
+    # the training forward pass under bfloat16 autocast, compile wraps log_prob in torch.compile.
+    # Validation (early stopping, kept epochs) is always fp32 and uncompiled, so NLLs compare.
+    "precision": "fp32", "compile": False,
 }
 
 
@@ -84,6 +89,11 @@ class ConditionalFlow:
         n_val = max(1, int(p["validation_fraction"] * n))
         val, trn = perm[:n_val], perm[n_val:]
         flow = _build(x.shape[1], p).to(dev)
+        if p["precision"] not in ("fp32", "bf16"):
+            raise ValueError(f"flow precision must be 'fp32' or 'bf16', got {p['precision']!r}")
+        autocast = ((lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)) if p["precision"] == "bf16"
+                    else contextlib.nullcontext)
+        train_log_prob = torch.compile(flow.log_prob) if p["compile"] else flow.log_prob
         opt = torch.optim.Adam(flow.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
         bs = int(p["batch_size"])
         best: list[tuple[float, int, dict]] = []
@@ -95,7 +105,8 @@ class ConditionalFlow:
             tot, cnt = torch.zeros((), device=dev), 0  # summed on the device: no host sync per batch
             for i in range(0, len(order), bs):
                 idx = order[i:i + bs]
-                loss = -flow.log_prob(xt[idx], context=ct[idx]).mean()
+                with autocast():
+                    loss = -train_log_prob(xt[idx], context=ct[idx]).float().mean()
                 if not torch.isfinite(loss):
                     n_nonfinite += 1
                     if n_nonfinite > 10:

@@ -123,3 +123,19 @@ def test_cathode_sideband_stage_is_reusable():
     samples = a.sample_background(m[(m >= 3300) & (m < 3700)], state["prep"], 500)
     assert samples.shape == (500, 4) and np.isfinite(samples).all()
     assert abs(samples[:, 1].mean()) < 0.3  # flow reproduces the N(0, 1) sideband density roughly
+
+
+def test_flow_bf16_training_keeps_the_fp32_validation_nll():
+    """The bf16-autocast option (measured on GPUs by benchmarks/gpu.py --flow-variants) trains to
+    the fp32 validation NLL; an unknown precision is refused."""
+    from sideband.detectors._flow import ConditionalFlow
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=4000).astype(np.float32)
+    x = rng.normal(size=(4000, 3)).astype(np.float32)
+    x[:, 0] += c
+    p = {"n_transforms": 1, "hidden": 16, "epochs": 6, "batch_size": 512, "n_average": 1}
+    nll = {prec: min(ConditionalFlow(p | {"precision": prec}).fit(x, c).history_["val_loss"]) for prec in ("fp32", "bf16")}
+    assert abs(nll["bf16"] - nll["fp32"]) < 0.05, nll
+    with pytest.raises(ValueError, match="precision"):
+        ConditionalFlow(p | {"precision": "fp8"}).fit(x, c)
