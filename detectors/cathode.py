@@ -47,7 +47,8 @@ class Cathode(ClassifierDetector, BaseDetector):
     flow_params : dict
         Flow architecture and training (see ``detectors._flow.DEFAULTS``): ``transform``
         (``rq-spline`` | ``affine``), ``n_transforms``, ``hidden``, ``n_bins``, ``epochs``,
-        ``batch_size``, ``lr``, ``patience``, ``validation_fraction``, ``n_average``.
+        ``batch_size``, ``lr``, ``patience``, ``validation_fraction``, ``n_average``,
+        ``precision`` (``fp32`` | ``bf16``), ``compile``.
     oversampling : float
         Synthetic background events per SR data event.
     model, n_ensemble, hgb_params, mlp_params :
