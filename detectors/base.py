@@ -47,8 +47,8 @@ from sklearn.base import BaseEstimator
 from sideband.pipeline.cache import atomic_path
 from sideband.pipeline.exceptions import ConfigError, NotFittedError
 
-__all__ = ["BaseDetector", "DetectorParams", "load_detector_class", "make_detector", "score_events", "validate_params",
-           "check_config", "check_fitted", "torch_device"]
+__all__ = ["BaseDetector", "DetectorParams", "load_detector_class", "make_detector", "score_events",
+           "validate_params", "check_config", "check_fitted", "torch_device"]
 
 
 class DetectorParams(BaseModel):

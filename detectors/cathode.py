@@ -75,8 +75,9 @@ class Cathode(ClassifierDetector, BaseDetector):
 
     @classmethod
     def stage_identity(cls, params: dict) -> Any:
-        # the sideband stage is the flow alone: its settings and where it trains
-        return ["conditional flow", params.get("flow_params"), params.get("device", "auto")]
+        # the sideband stage is the flow alone: its settings, where it trains, and the code that
+        # trains it (a subclass inheriting fit_sidebands, as LaCATHODE does, shares the stage)
+        return [cls.fit_sidebands.__qualname__, params.get("flow_params"), params.get("device", "auto")]
 
     def __init__(self, *, flow_params=None, oversampling=4.0, model="hgb", n_ensemble=5, hgb_params=None,
                  mlp_params=None, device="auto", random_state=None):
