@@ -136,22 +136,28 @@ class Cathode(ClassifierDetector, BaseDetector):
         log.info("CATHODE flow: %d epochs in %.1fs", flow.history_["epochs"], flow.history_["seconds"])
         return {"prep": prep, "flow": flow.state(), "n_sideband": int(sb.sum())}
 
-    def fit(self, X, m, *, signal_region, y_true=None, X_reference=None, sideband_state=None):
-        X, m = check_inputs(X, m)
+    def _load_stage(self, X, m, signal_region, sideband_state) -> np.ndarray:
+        """Take the sideband stage (trained here when not given): sets ``prep_``, ``flow_`` and
+        ``flow_history_``; returns the SR mask of the events (at least 10 in it)."""
         lo, hi = signal_region
         if sideband_state is None:
             sideband_state = self.fit_sidebands(X, m, signal_region=signal_region)
-        prep = sideband_state["prep"]
+        self.prep_ = sideband_state["prep"]
         self.flow_ = ConditionalFlow.from_state(sideband_state["flow"])
+        self.flow_history_ = sideband_state["flow"]["history"]
         in_sr = (m >= lo) & (m < hi)
         if in_sr.sum() < 10:
-            raise ValueError(f"CATHODE needs signal-region events; got {int(in_sr.sum())}")
-        samples = self.sample_background(m[in_sr], prep, int(round(self.oversampling * in_sr.sum())))
+            raise ValueError(f"{self.name.upper()} needs signal-region events; got {int(in_sr.sum())}")
+        return in_sr
+
+    def fit(self, X, m, *, signal_region, y_true=None, X_reference=None, sideband_state=None):
+        X, m = check_inputs(X, m)
+        in_sr = self._load_stage(X, m, signal_region, sideband_state)
+        samples = self.sample_background(m[in_sr], self.prep_, int(round(self.oversampling * in_sr.sum())))
         self.n_samples_ = len(samples)
         Xc = np.concatenate([X[in_sr], samples])
         yc = np.r_[np.ones(int(in_sr.sum()), np.float32), np.zeros(len(samples), np.float32)]
         self._fit_classifier(Xc, yc)
-        self.flow_history_ = sideband_state["flow"]["history"]
         return self
 
     def training_log(self):

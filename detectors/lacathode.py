@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._flow import ConditionalFlow
 from .base import check_fitted, check_inputs
 from .cathode import Cathode
 
@@ -54,21 +53,13 @@ class LaCathode(Cathode):
 
     def fit(self, X, m, *, signal_region, y_true=None, X_reference=None, sideband_state=None):
         X, m = check_inputs(X, m)
-        lo, hi = signal_region
-        if sideband_state is None:
-            sideband_state = self.fit_sidebands(X, m, signal_region=signal_region)
-        self.prep_ = sideband_state["prep"]
-        self.flow_ = ConditionalFlow.from_state(sideband_state["flow"])
-        in_sr = (m >= lo) & (m < hi)
-        if in_sr.sum() < 10:
-            raise ValueError(f"LaCATHODE needs signal-region events; got {int(in_sr.sum())}")
+        in_sr = self._load_stage(X, m, signal_region, sideband_state)
         z_sr = self._latent(X[in_sr], m[in_sr])
         n = int(round(self.oversampling * in_sr.sum()))
         noise = np.random.default_rng(self._seed()).standard_normal((n, X.shape[1])).astype(np.float32)
         self.n_samples_ = n
         self._fit_classifier(np.concatenate([z_sr, noise]),
                              np.r_[np.ones(len(z_sr), np.float32), np.zeros(n, np.float32)])
-        self.flow_history_ = sideband_state["flow"]["history"]
         return self
 
     def score(self, X, m=None):

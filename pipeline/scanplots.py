@@ -22,8 +22,9 @@ import numpy as np
 
 from .verdict import FIT_P_MIN, poor_fit, problem, short_label, window_summary
 
-__all__ = ["run_label", "compress_png", "png_uri", "figure_uri", "plot_significance", "plot_fit_quality", "plot_sic_curves",
-           "plot_training", "limits_uri", "spectrum_uris", "centre_tev", "png_b64", "img_html", "windows_html"]
+__all__ = ["run_label", "compress_png", "png_uri", "figure_uri", "plot_significance", "plot_fit_quality",
+           "plot_sic_curves", "plot_training", "limits_uri", "spectrum_uris", "centre_tev", "png_b64", "img_html",
+           "windows_html"]
 
 
 def run_label(ax, fontsize: float = 16) -> None:
