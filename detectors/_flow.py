@@ -160,6 +160,25 @@ class ConditionalFlow:
                     out[sub] = flow.sample(1, context=torch.as_tensor(c[sub])).squeeze(1).numpy()
         return out
 
+    def log_prob(self, x: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """log density of each event under the kept epochs' mixture (the density :meth:`sample`
+        draws from), in the flow's input space."""
+        import torch
+
+        flow = _build(self.n_features_, self.params)
+        flow.eval()
+        x = torch.as_tensor(np.asarray(x, np.float32))
+        c = torch.as_tensor(np.asarray(c, np.float32).reshape(-1, 1))
+        per_state = np.empty((len(self.states_), len(x)))
+        with torch.no_grad():
+            for k, state in enumerate(self.states_):
+                flow.load_state_dict(state)
+                for j in range(0, len(x), 65536):
+                    per_state[k, j:j + 65536] = flow.log_prob(x[j:j + 65536], context=c[j:j + 65536]).double().numpy()
+        from scipy.special import logsumexp
+
+        return logsumexp(per_state, axis=0) - np.log(len(self.states_))
+
     def transform_to_noise(self, x: np.ndarray, c: np.ndarray) -> np.ndarray:
         """The base-space image of each event under the best kept epoch's flow (N(0, 1) for
         events the flow describes)."""

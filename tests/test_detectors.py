@@ -19,6 +19,8 @@ TINY = {
                                                           "batch_size": 256, "n_average": 2}},
 }
 TINY["lacathode"] = TINY["cathode"]
+TINY["ranode"] = {"flow_params": TINY["cathode"]["flow_params"], "n_ensemble": 1,
+                  "signal_flow": {"n_transforms": 1, "hidden": 8, "epochs": 3, "batch_size": 128}}
 
 
 def _data(n=600, seed=0):

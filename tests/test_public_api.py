@@ -23,7 +23,7 @@ def test_every_detector_module_is_registered():
     from sideband.detectors import available_detectors, load_detector_class
 
     names = available_detectors()
-    assert names == ["autoencoder", "cathode", "cwola", "idealized", "lacathode", "supervised"]
+    assert names == ["autoencoder", "cathode", "cwola", "idealized", "lacathode", "ranode", "supervised"]
     for n in names:
         assert load_detector_class(n).name == n
 
