@@ -20,7 +20,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConditionalFlow"]
+__all__ = ["ConditionalFlow", "log_prob_per_state"]
 
 
 def _build(n_features: int, p: dict):
@@ -60,6 +60,25 @@ DEFAULTS = {
     # Validation (early stopping, kept epochs) is always fp32 and uncompiled, so NLLs compare.
     "precision": "fp32", "compile": False,
 }
+
+
+def log_prob_per_state(params: dict, n_features: int, states: list[dict], x: np.ndarray,
+                       c: np.ndarray) -> np.ndarray:
+    """log density of each event (columns) under each of ``states`` (rows): flows built with
+    ``params``, evaluated in batches on the CPU in float64."""
+    import torch
+
+    flow = _build(n_features, params)
+    flow.eval()
+    x = torch.as_tensor(np.asarray(x, np.float32))
+    c = torch.as_tensor(np.asarray(c, np.float32).reshape(-1, 1))
+    out = np.empty((len(states), len(x)))
+    with torch.no_grad():
+        for k, state in enumerate(states):
+            flow.load_state_dict(state)
+            for j in range(0, len(x), 65536):
+                out[k, j:j + 65536] = flow.log_prob(x[j:j + 65536], context=c[j:j + 65536]).double().numpy()
+    return out
 
 
 class ConditionalFlow:
@@ -163,20 +182,9 @@ class ConditionalFlow:
     def log_prob(self, x: np.ndarray, c: np.ndarray) -> np.ndarray:
         """log density of each event under the kept epochs' mixture (the density :meth:`sample`
         draws from), in the flow's input space."""
-        import torch
-
-        flow = _build(self.n_features_, self.params)
-        flow.eval()
-        x = torch.as_tensor(np.asarray(x, np.float32))
-        c = torch.as_tensor(np.asarray(c, np.float32).reshape(-1, 1))
-        per_state = np.empty((len(self.states_), len(x)))
-        with torch.no_grad():
-            for k, state in enumerate(self.states_):
-                flow.load_state_dict(state)
-                for j in range(0, len(x), 65536):
-                    per_state[k, j:j + 65536] = flow.log_prob(x[j:j + 65536], context=c[j:j + 65536]).double().numpy()
         from scipy.special import logsumexp
 
+        per_state = log_prob_per_state(self.params, self.n_features_, self.states_, x, c)
         return logsumexp(per_state, axis=0) - np.log(len(self.states_))
 
     def transform_to_noise(self, x: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -108,14 +108,15 @@ class RAnode(Cathode):
             raise ValueError(f"unknown signal_flow parameter(s) {sorted(unknown)}; valid: {sorted(SIGNAL_FLOW)}")
         return p
 
-    def _log_bkg(self, X, m) -> np.ndarray:
-        return self.flow_.log_prob(self._forward(X, self.prep_), self._context(m, self.prep_))
+    def _log_bkg(self, x, m) -> np.ndarray:
+        """log p_bkg at the masses ``m`` of events already in the flow's space (``_forward``)."""
+        return self.flow_.log_prob(x, self._context(m, self.prep_))
 
     def fit(self, X, m, *, signal_region, y_true=None, X_reference=None, sideband_state=None):
         X, m = check_inputs(X, m)
         in_sr = self._load_stage(X, m, signal_region, sideband_state)
         x = self._forward(X[in_sr], self.prep_)
-        log_bkg = self._log_bkg(X[in_sr], m[in_sr])
+        log_bkg = self._log_bkg(x, m[in_sr])
         ok = np.isfinite(log_bkg)
         if not ok.all():
             log.warning("R-Anode: %d of %d SR events have a non-finite background density; left out",
@@ -198,22 +199,12 @@ class RAnode(Cathode):
         check_fitted(self, "members_")
         if m is None:
             raise ValueError("R-Anode scores an event against the background density at its mass: pass m (mjj)")
-        import torch
-
-        from ._flow import _build
+        from ._flow import log_prob_per_state
 
         X, m = check_inputs(X, m)
-        x = torch.as_tensor(self._forward(X, self.prep_))
-        zero = torch.zeros((len(x), 1))
-        flow = _build(X.shape[1], self._signal_params())
-        flow.eval()
-        log_sig = np.zeros(len(X))
-        with torch.no_grad():
-            for state in self.members_:
-                flow.load_state_dict(state)
-                for j in range(0, len(x), 65536):
-                    log_sig[j:j + 65536] += flow.log_prob(x[j:j + 65536], context=zero[j:j + 65536]).double().numpy()
-        s = log_sig / len(self.members_) - self._log_bkg(X, m)
+        x = self._forward(X, self.prep_)
+        log_sig = log_prob_per_state(self._signal_params(), X.shape[1], self.members_, x, np.zeros(len(x)))
+        s = log_sig.mean(axis=0) - self._log_bkg(x, m)
         lowest = np.nanmin(s[np.isfinite(s)]) if np.isfinite(s).any() else 0.0
         return np.where(np.isfinite(s), s, lowest)  # an event no flow describes is not an anomaly
 
