@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sideband.pipeline.evaluate import selection_threshold
 from sideband.pipeline.fits import SPARSE_EVENTS, make_edges
 from sideband.pipeline.ratio import ratio_predict
 from sideband.pipeline.records import load_record
@@ -35,10 +36,10 @@ from sideband.pipeline.stats import z_on_off
 from sideband.pipeline.toys import toy_p_value_ratio
 
 
-def _selections(score, m, in_fit, edges, effs):
+def _selections(score, m, in_fit, in_sr, edges, effs):
     out = []
     for eff in effs:
-        passed = in_fit & (score > np.quantile(score[in_fit], 1.0 - eff))
+        passed = in_fit & (score > selection_threshold(score, in_fit & ~in_sr, eff))
         out.append((eff, np.histogram(m[passed], edges)[0].astype(float), passed))
     return out
 
@@ -62,7 +63,7 @@ def _run_rows(run: Path, args) -> list[dict]:
             edges = make_edges((lo, hi), cfg["fit"]["bin_width"], sr)
             sr_bins = (edges[:-1] >= sr[0]) & (edges[1:] <= sr[1])
             total = np.histogram(m[in_fit], edges)[0].astype(float)
-            sel = _selections(score, m, in_fit, edges, effs)
+            sel = _selections(score, m, in_fit, (m >= sr[0]) & (m < sr[1]), edges, effs)
             for det in {r["detector"] for r in tests if r["window"] == name}:
                 mine = {r["selection"]: r for r in tests if r["window"] == name and r["detector"] == det}
                 if not all(mine[e]["n_observed_sr"] == int(c[sr_bins].sum())

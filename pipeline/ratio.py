@@ -1,6 +1,6 @@
 """Background of a selection from the spectrum it selects from: a smooth selection efficiency.
 
-A tight selection keeps a fraction of the events in the fit range: tens of events in the
+A tight selection keeps a fraction of the sideband events: tens of events in the
 sidebands at 0.2%. Fitted on their own, its sideband bins hardly constrain the shape of a
 3-5 parameter dijet function across the signal region, and the SR prediction's uncertainty
 (and with it the significance) is set by that freedom rather than by the events. The

@@ -50,12 +50,12 @@ def test_small_background_tests_get_toy_based_p_values(searched):
         assert r["p_global"] >= r["p0"]
 
 
-def test_selection_keeps_the_requested_fraction(searched):
+def test_selection_keeps_the_requested_fraction_of_the_sidebands(searched):
     cfg, out, res = searched
     rows = {(r["detector"], r["selection"]): r for r in res["results"]}
-    n_fit = rows[("none", 1.0)]["n_selected"]
-    assert rows[("cwola", 0.1)]["n_selected"] == pytest.approx(0.1 * n_fit, abs=2)
-    assert rows[("cwola", 0.02)]["n_selected"] == pytest.approx(0.02 * n_fit, abs=2)
+    n_sb = rows[("none", 1.0)]["n_selected_sidebands"]
+    assert rows[("cwola", 0.1)]["n_selected_sidebands"] == pytest.approx(0.1 * n_sb, abs=2)
+    assert rows[("cwola", 0.02)]["n_selected_sidebands"] == pytest.approx(0.02 * n_sb, abs=2)
 
 
 def test_no_event_is_scored_by_a_model_that_trained_on_it(searched):
