@@ -161,7 +161,7 @@ def plot_spectra(stats_outputs: list[dict], plot_dir: Path) -> list[str]:
                 edges = np.asarray(spec["edges"])
                 counts = np.asarray([np.nan if c is None else c for c in spec["counts"]], dtype=float)
                 color = f"C{i}"
-                label = "no selection" if row["detector"] == "none" else f"top {row['selection']:.3g}"
+                label = "no selection" if row["detector"] == "none" else f"top {row['selection']:.3g} of sidebands"
                 z = row.get("z_local")
                 if z is not None:
                     label += f" (Z={z:.2f})"

@@ -58,6 +58,7 @@ def test_kill_9_mid_run_then_resume(tmp_path, cfg_path, small_h5):
     assert json.loads((out / "results.json").read_text()) == reference
 
 
+@pytest.mark.slow  # ~50 s; resuming after a killed process stays in the default run (kill -9 test)
 def test_worker_killed_during_training_is_retried(tmp_path, cfg_path, small_h5):
     from distributed import Client, LocalCluster
 
