@@ -37,6 +37,20 @@ _EPS = 1e-6
 class CathodeParams(ClassifierParams):
     flow_params: dict[str, Any] | None = None
     oversampling: float = Field(default=4.0, gt=0)
+    sideband_folds: int = Field(default=1, ge=1, le=10)
+
+
+def event_folds(X: np.ndarray, k: int) -> np.ndarray:
+    """A fold in [0, k) for each event, from its feature values alone: the same event gets
+    the same fold in every call and in any order, so the sideband stage and the scores agree
+    on which flow saw which event (FNV-1a over the float32 bytes, mixed)."""
+    b = np.ascontiguousarray(X, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    h = np.full(len(b), 0xCBF29CE484222325, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(b.shape[1]):
+            h = (h ^ b[:, j]) * np.uint64(0x100000001B3)
+    h ^= h >> np.uint64(29)
+    return (h % np.uint64(k)).astype(np.int64)
 
 
 class Cathode(ClassifierDetector, BaseDetector):
@@ -51,6 +65,14 @@ class Cathode(ClassifierDetector, BaseDetector):
         ``precision`` (``fp32`` | ``bf16``), ``compile``.
     oversampling : float
         Synthetic background events per SR data event.
+    sideband_folds : int
+        1: one flow on all sideband events. k > 1: k flows, flow j trained on the sideband
+        events outside fold j (``event_folds``) and used for the events in it, so that no
+        event's density or latent comes from a flow trained on it. CATHODE only samples in the
+        SR and needs 1; detectors that evaluate the flow on sideband events (R-Anode's score,
+        LaCATHODE's latent) need k > 1: with one flow the sideband events, its training set,
+        look more background-like than SR events, and a cut set on the sidebands passes more
+        SR background than it should (an excess on background alone).
     model, n_ensemble, hgb_params, mlp_params :
         The data-vs-samples classifier (as for CWoLa).
     device : str
@@ -76,13 +98,17 @@ class Cathode(ClassifierDetector, BaseDetector):
     @classmethod
     def stage_identity(cls, params: dict) -> Any:
         # the sideband stage is the flow alone: its settings, where it trains, and the code that
-        # trains it (a subclass inheriting fit_sidebands, as LaCATHODE does, shares the stage)
-        return [cls.fit_sidebands.__qualname__, params.get("flow_params"), params.get("device", "auto")]
+        # trains it (a subclass inheriting fit_sidebands, as LaCATHODE does, shares the stage),
+        # and the number of cross-fitted flows (recorded only when not 1: older stages stay valid)
+        ident = [cls.fit_sidebands.__qualname__, params.get("flow_params"), params.get("device", "auto")]
+        folds = params.get("sideband_folds", cls.Params.model_fields["sideband_folds"].default)
+        return ident + [{"sideband_folds": folds}] if folds != 1 else ident
 
     def __init__(self, *, flow_params=None, oversampling=4.0, model="hgb", n_ensemble=5, hgb_params=None,
-                 mlp_params=None, device="auto", random_state=None):
+                 mlp_params=None, device="auto", random_state=None, sideband_folds=1):
         self.flow_params = flow_params
         self.oversampling = oversampling
+        self.sideband_folds = sideband_folds
         self.model = model
         self.n_ensemble = n_ensemble
         self.hgb_params = hgb_params
@@ -124,17 +150,25 @@ class Cathode(ClassifierDetector, BaseDetector):
 
     # -- stages ------------------------------------------------------------------------
     def fit_sidebands(self, X, m, *, signal_region):
-        """Train the flow on sideband events; returns a picklable state."""
+        """Train the flow(s) on sideband events; returns a picklable state."""
         X, m = check_inputs(X, m)
         lo, hi = signal_region
         sb = (m < lo) | (m >= hi)
         if sb.sum() < 100:
             raise ValueError(f"CATHODE needs sideband events to train its flow; got {int(sb.sum())}")
         prep = self._prep_params(X[sb], m[sb])
-        flow = ConditionalFlow(self.flow_params, device=str(torch_device(self.device)), seed=self._seed())
-        flow.fit(self._forward(X[sb], prep), self._context(m[sb], prep))
-        log.info("CATHODE flow: %d epochs in %.1fs", flow.history_["epochs"], flow.history_["seconds"])
-        return {"prep": prep, "flow": flow.state(), "n_sideband": int(sb.sum())}
+        x, c = self._forward(X[sb], prep), self._context(m[sb], prep)
+        k = int(self.sideband_folds)
+        fold = event_folds(X[sb], k) if k > 1 else np.full(len(x), -1)
+        states = []
+        for j in range(k):
+            flow = ConditionalFlow(self.flow_params, device=str(torch_device(self.device)), seed=self._seed() + j)
+            flow.fit(x[fold != j], c[fold != j])
+            log.info("CATHODE flow %d/%d: %d epochs in %.1fs", j + 1, k, flow.history_["epochs"],
+                     flow.history_["seconds"])
+            states.append(flow.state())
+        out = {"prep": prep, "flow": states[0], "n_sideband": int(sb.sum())}
+        return {**out, "flows": states} if k > 1 else out
 
     def _load_stage(self, X, m, signal_region, sideband_state) -> np.ndarray:
         """Take the sideband stage (trained here when not given): sets ``prep_``, ``flow_`` and
@@ -143,12 +177,26 @@ class Cathode(ClassifierDetector, BaseDetector):
         if sideband_state is None:
             sideband_state = self.fit_sidebands(X, m, signal_region=signal_region)
         self.prep_ = sideband_state["prep"]
-        self.flow_ = ConditionalFlow.from_state(sideband_state["flow"])
+        self.flows_ = [ConditionalFlow.from_state(st) for st in sideband_state.get("flows", [sideband_state["flow"]])]
+        self.flow_ = self.flows_[0]
         self.flow_history_ = sideband_state["flow"]["history"]
         in_sr = (m >= lo) & (m < hi)
         if in_sr.sum() < 10:
             raise ValueError(f"{self.name.upper()} needs signal-region events; got {int(in_sr.sum())}")
         return in_sr
+
+    def _per_fold(self, X, fn) -> np.ndarray:
+        """``fn(flow, rows)`` for the events ``X[rows]``, each with the sideband flow that was
+        not trained on it (``sideband_folds``); one flow: all events at once."""
+        if len(self.flows_) == 1:
+            return fn(self.flows_[0], slice(None))
+        fold = event_folds(X, len(self.flows_))
+        parts = [(np.flatnonzero(fold == j), flow) for j, flow in enumerate(self.flows_)]
+        res = [fn(flow, rows) for rows, flow in parts]
+        out = np.empty((len(X),) + res[0].shape[1:], dtype=res[0].dtype)
+        for (rows, _), r in zip(parts, res):
+            out[rows] = r
+        return out
 
     def fit(self, X, m, *, signal_region, y_true=None, X_reference=None, sideband_state=None):
         X, m = check_inputs(X, m)
@@ -175,7 +223,10 @@ class Cathode(ClassifierDetector, BaseDetector):
         m_s = np.exp(kde.resample(n, seed=rng).ravel())
         lo, hi = float(np.min(m_sr)), float(np.max(m_sr))
         m_s = np.clip(m_s, lo, hi)  # stay inside the SR
-        z = self.flow_.sample(self._context(m_s, prep), seed=self._seed())
+        c = self._context(m_s, prep)
+        parts = np.array_split(np.arange(n), len(self.flows_))  # an equal share from each flow
+        z = np.concatenate([f.sample(c[rows], seed=self._seed() + j)
+                            for j, (f, rows) in enumerate(zip(self.flows_, parts))])
         bound = float(self.flow_.params["tail_bound"]) * 3
         finite = np.isfinite(z).all(axis=1)
         n_bad = int((~finite).sum())

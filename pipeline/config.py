@@ -100,6 +100,8 @@ class FitConfig(_Strict):
 
 
 class StatsConfig(_Strict):
+    #: Fractions of the sideband events (fit range outside the SR) each score cut keeps; the SR
+    #: does not set the threshold (``pipeline.evaluate.selection_threshold``).
     selections: list[float] = Field(default_factory=lambda: [0.1, 0.01, 0.002])
     cl: float = Field(default=0.95, gt=0.5, lt=1)
     #: Background-only pseudo-experiments for the global significance (0: none).

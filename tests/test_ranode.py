@@ -59,3 +59,77 @@ def test_ranode_needs_the_mass_and_valid_signal_flow_keys():
         det.score(X)
     with pytest.raises(ValueError, match="unknown signal_flow parameter"):
         _ranode(signal_flow={"hiden": 8}).fit(X, m, signal_region=SR)
+
+
+def test_event_folds_depend_on_the_event_alone():
+    from sideband.detectors.cathode import event_folds
+
+    X = np.random.default_rng(0).normal(size=(5000, 4)).astype(np.float32)
+    f = event_folds(X, 3)
+    perm = np.random.default_rng(1).permutation(len(X))
+    assert np.array_equal(event_folds(X[perm], 3), f[perm])        # any order, any subset
+    assert np.array_equal(event_folds(X.astype(np.float64), 3), f)  # the table's float32 values
+    assert np.all(np.abs(np.bincount(f, minlength=3) / len(X) - 1 / 3) < 0.03)
+
+
+@pytest.mark.parametrize("name", ["ranode", "lacathode"])
+def test_no_sideband_event_is_scored_with_a_flow_trained_on_it(name, monkeypatch):
+    """A cut is set on the sideband events' scores: an event's score must not come from a flow
+    that saw it (its density is higher there, its score lower, and the SR passes more
+    background than the sidebands: an excess on background alone)."""
+    from sideband.detectors import _flow
+
+    trained_on, evaluated = [], []
+    fit, log_prob, to_noise = _flow.ConditionalFlow.fit, _flow.ConditionalFlow.log_prob, _flow.ConditionalFlow.transform_to_noise
+
+    def spy_fit(self, x, c):
+        trained_on.append({r.tobytes() for r in np.asarray(x, np.float32)})
+        self._spy_id = len(trained_on) - 1
+        return fit(self, x, c)
+
+    def spy(method):
+        def wrapped(self, x, c):
+            evaluated.append((self, np.asarray(x, np.float32)))
+            return method(self, x, c)
+        return wrapped
+
+    monkeypatch.setattr(_flow.ConditionalFlow, "fit", spy_fit)
+    monkeypatch.setattr(_flow.ConditionalFlow, "log_prob", spy(log_prob))
+    monkeypatch.setattr(_flow.ConditionalFlow, "transform_to_noise", spy(to_noise))
+    X, m, _ = _events(2000, 0, 7)
+    params = {"flow_params": FLOW | {"epochs": 3}, "model": "hgb", "n_ensemble": 1}
+    if name == "ranode":
+        params = {"flow_params": FLOW | {"epochs": 3}, "signal_flow": SIGNAL_FLOW | {"epochs": 2}, "n_ensemble": 1}
+    det = make_detector(name, params | {"sideband_folds": 2}, random_state=0)
+    state = det.fit_sidebands(X, m, signal_region=SR)
+    assert len(state["flows"]) == 2 and len(trained_on) == 2
+    det.fit(X, m, signal_region=SR, sideband_state=state)
+    ids = {id(f): j for j, f in enumerate(det.flows_)}  # flows_[j] is the j-th flow trained
+    evaluated.clear()
+    score_events(det, X, m)
+    seen = 0
+    for flow, x in evaluated:
+        j = ids[id(flow)]
+        rows = {r.tobytes() for r in x}
+        seen += len(rows)
+        assert not rows & trained_on[j]
+    assert seen == len(np.unique(det._forward(X, det.prep_), axis=0))  # every event scored once
+
+    # one flow (CATHODE's stage): the sideband events are its own training set
+    one = make_detector(name, params | {"sideband_folds": 1}, random_state=0)
+    assert "flows" not in one.fit_sidebands(X, m, signal_region=SR)
+
+
+def test_ranode_shares_cathodes_flow_only_at_equal_sideband_folds(small_h5, fast_config, tmp_path):
+    from sideband.workflows.search_graph import build_search_graph
+
+    flow = {"n_transforms": 1, "hidden": 8, "epochs": 2, "n_average": 1}
+    cathode = {"folds": 2, "params": {"n_ensemble": 1, "flow_params": flow}}
+
+    def n_stages(ranode_params, out):
+        cfg = fast_config(small_h5, detectors={"cathode": cathode, "ranode": {"folds": 2, "params": ranode_params}},
+                          stats={"selections": [0.1]})
+        return sum(n.kind == "prepare" for n in build_search_graph(cfg, tmp_path / out)[0].nodes.values())
+
+    assert n_stages({"flow_params": flow}, "default") == 2  # R-Anode cross-fits two flows by default
+    assert n_stages({"flow_params": flow, "sideband_folds": 1}, "one") == 1
