@@ -4,7 +4,8 @@ For each selection (a score threshold that keeps a fraction of the sideband even
 :func:`selection_threshold`; the inclusive spectrum for detector ``none``) the selected mjj
 spectrum is fitted outside the SR (:mod:`.fits` or the Gaussian process of :mod:`.gp`,
 ``fit.background``), the SR background is predicted with its uncertainty, and :mod:`.stats`
-gives the discovery significance and limits; at small backgrounds the local p-value comes from pseudo-experiments (:mod:`.toys`).
+gives the discovery significance and limits; at small backgrounds the local p-value comes
+from pseudo-experiments (:mod:`.toys`).
 
 With ``blind`` nothing that depends on the selected SR data is computed or written:
 observed SR counts, Z, p0 and the observed limit are None, SR bins of the spectra are None,

@@ -131,5 +131,5 @@ def test_ranode_shares_cathodes_flow_only_at_equal_sideband_folds(small_h5, fast
                           stats={"selections": [0.1]})
         return sum(n.kind == "prepare" for n in build_search_graph(cfg, tmp_path / out)[0].nodes.values())
 
-    assert n_stages({"flow_params": flow}, "default") == 2  # R-Anode cross-fits two flows by default
+    assert n_stages({"flow_params": flow}, "default") == 2  # R-Anode cross-fits its flows by default
     assert n_stages({"flow_params": flow, "sideband_folds": 1}, "one") == 1
