@@ -193,6 +193,28 @@ def test_shared_sideband_stage_serves_several_windows_without_seeing_their_signa
     assert len(list((tmp_path / "out" / "cache").glob("prepare-*.pkl"))) == 2
 
 
+def test_folds_on_a_changed_sideband_stage_are_new_nodes(small_h5, fast_config, tmp_path):
+    """A window's folds are keyed by its stage: when the stage changes (here its group of windows,
+    with the window and the fold parameters as they were) the cached folds of the old stage are not
+    reused."""
+    cathode = {"folds": 2, "shared_stage": True,
+               "params": {"n_ensemble": 1, "hgb_params": {"max_iter": 10}, "oversampling": 1.0,
+                          "flow_params": {"n_transforms": 1, "hidden": 8, "epochs": 2, "n_average": 1}}}
+
+    def folds_of_first_window(centers):
+        regions = {"signal_region": [3000, 3200], "scan_centers": centers}
+        cfg = fast_config(small_h5, detectors={"cathode": cathode}, stats={"selections": [0.1]}, regions=regions)
+        graph, windows = build_search_graph(cfg, tmp_path)
+        trains = [n for n in graph.nodes.values() if n.kind == "train" and n.kwargs["window"] == windows[0]]
+        assert windows[0].name.startswith("3000") and len(trains) == 2
+        return {n.kwargs["stage"].key for n in trains}, {n.key for n in trains}
+
+    stage_a, keys_a = folds_of_first_window([3500, 3600])  # 3000-3200 shares a flow with 3400-3600
+    stage_b, keys_b = folds_of_first_window([3600])        # ... with 3500-3700
+    assert stage_a != stage_b
+    assert not keys_a & keys_b
+
+
 def test_truth_detectors_in_the_graph(small_h5, fast_config, tmp_path):
     from sideband.pipeline.exceptions import ConfigError
 

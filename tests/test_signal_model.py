@@ -142,8 +142,10 @@ def test_blind_run_has_expected_but_no_observed_limits(unblind, run):
 
 
 def test_template_events_are_scored_as_unseen_data_events(unblind):
-    """Data events outside the window, fed through score_template as a template, get exactly the
-    merged score the search gave them (both are events no fold model trained on)."""
+    """Data events outside the window, fed through score_template as a template, get the score the
+    search gives such events (both are events no fold model trained on): one fold model's value,
+    that model's raw score through its CDF on its own held-out events, with the saved models
+    reproducing the in-run scores."""
     from sideband.pipeline.records import EventTable, load_record
     from sideband.workflows.signal_model import score_template
 
@@ -160,7 +162,14 @@ def test_template_events_are_scored_as_unseen_data_events(unblind):
     events.iloc[outside].to_parquet(fake)
     detector = json.loads(Path(kept[0].model_path).read_text())["detector"]
     scored = score_template(EventTable(path=str(fake), sources=(), n_events=len(outside)), kept, detector=detector)
-    np.testing.assert_allclose(scored.scores, merged[outside], rtol=0, atol=1e-12)
+    k, n = len(kept), len(kept[0].scores)
+    cdf = [np.searchsorted(np.sort(f.scores[f.heldout]), f.scores[outside], side="right") / f.heldout.sum()
+           for f in kept]
+    chosen = (n + np.arange(len(outside))) % k  # the model of template event j (after the n data events)
+    np.testing.assert_allclose(scored.scores, np.choose(chosen, cdf), rtol=0, atol=1e-12)
+    same = (outside % k) == chosen  # where the search chose the same model for the data event
+    assert same.any() and not same.all()
+    np.testing.assert_allclose(scored.scores[same], merged[outside][same], rtol=0, atol=1e-12)
     assert np.all(scored.owner == -1) and len(scored.model_paths) == 2
 
 

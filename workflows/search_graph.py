@@ -29,7 +29,7 @@ from .training import DetectorSpec, fit_sideband_stage, train_fold
 __all__ = ["build_search_graph", "decide_device", "NODE_VERSION", "STATS_VERSION"]
 
 #: Bumped whenever node outputs change meaning or format, so stale caches are not reused.
-NODE_VERSION = 2
+NODE_VERSION = 3
 #: Bumped when the statistics change: statistics nodes rerun, trained models are reused.
 #: 6: signal-model fields (template efficiency, limits on produced events, expected Z).
 STATS_VERSION = 6
@@ -113,6 +113,9 @@ def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, 
     keep = cls.keeps_model or template is not None
     shared = stage is not None and stage[1]
     extra = (() if keep == cls.keeps_model else ("keep models",)) + (("shared stage",) if shared else ())
+    # the stage's key is part of the folds' own: a stage that changes (its device, its group of windows)
+    # while the fold parameters do not must not leave folds trained on the old stage in the cache
+    extra += (stage[0].key,) if stage is not None else ()
     tkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, spec.params, feats, det.folds, *extra)
     folds = []
     for k in range(det.folds):

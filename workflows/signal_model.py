@@ -12,8 +12,8 @@ Scoring template events with the trained models is legitimate: the template is a
 file whose events were never in any training set, so every fold model sees them as unseen
 events, exactly like the data events outside the window. They get the score such events get
 (:func:`sideband.pipeline.scores.merge_folds`: each fold model's score mapped through that
-model's CDF on its own held-out window events, then averaged over the fold models), so the
-template's scores and the data's are on one scale and the data's selection threshold applies.
+model's CDF on its own held-out window events, one model per event), so the template's scores
+and the data's are on one scale and the data's selection threshold applies.
 """
 
 from __future__ import annotations
@@ -109,9 +109,10 @@ def score_template(template: EventTable, folds: list[FoldScores], *, detector: s
     :func:`~sideband.pipeline.scores.merge_folds` calibrates data events no model trained on.
 
     The template events are appended to the data as events outside every training set and
-    the fold scores go through ``merge_folds`` itself, so each template event gets the mean
-    over fold models of that model's CDF value on its own held-out events: the score a data
-    event outside the window gets. Legitimate because no template event was ever trained on
+    the fold scores go through ``merge_folds`` itself, so each template event gets one fold
+    model's CDF value on that model's own held-out events (model ``index % k``): the score a
+    data event outside the window gets, and a statistic distributed as the data's held-out
+    scores, so the template's pass fraction is the efficiency of the selection tested. Legitimate because no template event was ever trained on
     (a separate file). Returns a ``WindowScores`` of the template events (``owner`` -1: no
     fold holds them out); NaN scores and no ``model_paths`` when the folds kept no models
     (detectors whose training saves none), which the statistics node reports per row.
