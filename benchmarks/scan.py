@@ -6,6 +6,8 @@ train, merge, stats, report) and the summed RSS of the process tree (client, sch
 workers; psutil, every 0.5 s), and prints the largest local and global Z with its window.
 
     python benchmarks/scan.py --data ../shared/data/rnd/qcd_features.h5 --out /tmp/scan-bkg
+    python benchmarks/scan.py --data qcd_features.h5 qcd_extra_features.h5 --resample 1000000 \
+        --scheduler /tmp/sched.json --out /tmp/scan-1m      # workers started as in docs/cluster.md
     python benchmarks/scan.py --data qcd.h5 --inject ../shared/data/rnd/signal_3500_500_100_features.h5 \
         --n-inject 400 --out /tmp/scan-sig --json scan.json
 """
@@ -38,9 +40,40 @@ def _tree_rss() -> tuple[int, int]:
     return total, largest
 
 
+def _worker_peaks(scheduler: str) -> dict[str, float]:
+    """Each worker's peak resident set size over its life (VmHWM of /proc/self/status), GiB."""
+    from distributed import Client
+
+    def vmhwm() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+        return float("nan")
+
+    kw = {"scheduler_file": scheduler} if Path(scheduler).is_file() else {"address": scheduler}
+    with Client(timeout=30, **kw) as client:
+        return client.run(vmhwm)
+
+
+def _resampled(src: list[Path], n: int, where: Path) -> Path:
+    """``n`` events of the ``src`` files drawn with replacement (seed 0), written once in ``where``."""
+    import numpy as np
+    import pandas as pd
+
+    dest = where / f"{src[0].stem}{'+' if len(src) > 1 else ''}_{n}.h5"
+    if not dest.exists():
+        frame = pd.concat([pd.read_hdf(p) for p in src], ignore_index=True)
+        rows = np.random.default_rng(0).integers(0, len(frame), n)
+        tmp = dest.with_suffix(".tmp.h5")
+        where.mkdir(parents=True, exist_ok=True)
+        frame.iloc[rows].reset_index(drop=True).to_hdf(tmp, key="df", mode="w")
+        tmp.replace(dest)
+    return dest
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", required=True, nargs="+", help="the input file (several only with --resample)")
     ap.add_argument("--config", default=None, help="default: configs/default.yaml (the blind scan)")
     ap.add_argument("--inject", default=None)
     ap.add_argument("--n-inject", type=int, default=0)
@@ -52,12 +85,24 @@ def main(argv=None) -> int:
                     help="detectors.cathode.shared_stage (one flow per group of separated windows)")
     ap.add_argument("--gpu-workers", type=int, default=None, help="compute.gpu_workers_per_device")
     ap.add_argument("--progress", action="store_true", help="print each stage's progress (quarters) as it runs")
+    ap.add_argument("--scheduler", default=None,
+                    help="compute.scheduler: an external scheduler (tcp://host:port or a scheduler file); the "
+                         "workers' own peak RSS (VmHWM) is then read from each worker at the end")
+    ap.add_argument("--resample", type=int, default=None, metavar="N",
+                    help="run on N events drawn with replacement from --data (written once next to --out; "
+                         "for cost and memory at scale, not physics: a drawn event repeats ~N/len times)")
     args = ap.parse_args(argv)
 
     from sideband.pipeline.graph import run_graph
     from sideband.workflows.configure import load_config
     from sideband.workflows.search_graph import build_search_graph
 
+    if args.resample:
+        args.data = str(_resampled([Path(p) for p in args.data], args.resample, Path(args.out).parent))
+    elif len(args.data) > 1:
+        ap.error("several --data files only with --resample")
+    else:
+        args.data = args.data[0]
     overrides: dict = {"data": {"path": args.data}}
     if args.inject:
         overrides["data"]["inject"] = {"path": args.inject, "n_events": args.n_inject}
@@ -66,6 +111,8 @@ def main(argv=None) -> int:
         overrides["compute"]["n_workers"] = args.workers
     if args.device:
         overrides["compute"]["device"] = args.device
+    if args.scheduler:
+        overrides["compute"]["scheduler"] = args.scheduler
     if args.gpu_workers:
         overrides["compute"]["gpu_workers_per_device"] = args.gpu_workers
     if args.shared_stage:
@@ -103,6 +150,7 @@ def main(argv=None) -> int:
     path = run_graph(graph, cfg.compute, on_event=on_event)
     wall = time.perf_counter() - t0
     done.set()
+    workers = _worker_peaks(args.scheduler) if args.scheduler else {}
     doc = json.loads(Path(path).read_text())
     rows = [r for r in doc["results"] if r["detector"] not in doc.get("ceilings", []) and r["z_local"] is not None]
     best = max(rows, key=lambda r: (r.get("z_global") or 0, r["z_local"]))
@@ -110,6 +158,7 @@ def main(argv=None) -> int:
            "nodes": len(graph), "detectors": sorted(cfg.enabled_detectors()), "wall_s": wall,
            "stage_finished_s": stage_end, "stage_nodes": dict(counts), "peak_rss_gib": peak[0] / 1024**3,
            "peak_process_rss_gib": peak[1] / 1024**3, "device": cfg.compute.device,
+           "scheduler": args.scheduler, "worker_peak_rss_gib": workers,
            "best": {k: best.get(k) for k in ("window", "detector", "selection", "z_local", "z_global",
                                               "z_global_method", "n_observed_sr", "n_expected_sr",
                                               "n_signal_sr_truth")}}
@@ -117,6 +166,10 @@ def main(argv=None) -> int:
           f"detectors {', '.join(out['detectors'])}")
     print(f"wall {wall:.0f} s; peak RSS (all processes) {out['peak_rss_gib']:.2f} GiB, "
           f"largest single process {out['peak_process_rss_gib']:.2f} GiB")
+    if workers:
+        print(f"external scheduler {args.scheduler}: {len(workers)} workers, peak RSS per worker (VmHWM) "
+              + ", ".join(f"{v:.2f}" for v in sorted(workers.values(), reverse=True)) + " GiB "
+              f"(this process and its children: {out['peak_rss_gib']:.2f} GiB)")
     print("stage finished at [s]: " + ", ".join(f"{k} {v:.0f} ({counts[k]} nodes)" for k, v in stage_end.items()))
     per_det = {}
     for r in rows:
