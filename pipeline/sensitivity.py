@@ -149,16 +149,23 @@ def _best_global(model: list[dict], det: str, window: str, n_tests: int) -> dict
     return {k: best[k] for k in _GLOBAL_KEYS} | {"selection": best["selection"], "n_tests": n_tests}
 
 
+def point_window(doc: dict) -> str:
+    """The window an injection point put its signal in: ``point["window"]`` (the planned SR; a
+    point may run other windows too, e.g. ``regions.scan_centers``), else the first row's."""
+    return (doc.get("point") or {}).get("window") or doc["results"][0]["window"]
+
+
 def point_global(doc: dict, *, scan: list[dict], background: dict[str, float], n_toys: int, seed: int) -> dict:
     """Global Z of each detector's best test at one injection point, over the whole blind scan.
 
-    ``doc``: the point's results.json (``results`` rows, ``ceilings``); the best test is taken
-    in the first row's window (the point's signal region), every observed window counts as a
-    trial. One toy run for the inclusive test and the searches; one more per ceiling, with its
+    ``doc``: the point's results.json (``results`` rows, ``ceilings``, ``point``); the best test
+    is taken in the point's signal region (``point["window"]``; the first row's window for
+    records without it), every observed window counts as a trial. One toy run for the inclusive test and the searches; one more per ceiling, with its
     tests added. Returns
     ``{"n_tests", "n_toys", "windows", "detectors": {name: {"z_global", ..., "n_tests"}}}``.
     """
     rows = doc["results"]
+    where = point_window(doc)
     ceilings = set(doc.get("ceilings") or ())
     present = sorted({r["detector"] for r in rows} - {"none"})
     searches = [d for d in present if d not in ceilings]
@@ -168,7 +175,7 @@ def point_global(doc: dict, *, scan: list[dict], background: dict[str, float], n
         model, info = scan_model(rows, scan=scan, background=background, detectors=trials)
         lee = global_significance(model, int(n_toys), seed=seed)
         for det in (["none", *searches] if extra is None else [extra]):
-            out["detectors"][det] = (_best_global(model, det, rows[0]["window"], lee["n_tests"]) if lee["n_toys"] else
+            out["detectors"][det] = (_best_global(model, det, where, lee["n_tests"]) if lee["n_toys"] else
                                      {"z_global": None, "reason": "stats.global_toys is 0: no look-elsewhere toys"})
         if extra is None:
             out.update(n_tests=lee["n_tests"], n_toys=lee["n_toys"], windows=info)

@@ -106,7 +106,7 @@ def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list
                            features=list(features) or None)
 
     events, source = load(path, data.format)
-    sources = [source.to_dict()]
+    sources, read = [source.to_dict()], [source]
     _check_regions(path, events, signal_regions)
     n_injected = 0
     if data.inject and data.inject.n_events > 0:
@@ -115,7 +115,10 @@ def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list
         events = _inject(events, sig, data, seed, signal_regions)
         n_injected = len(events) - n_before
         sources.append(sig_source.to_dict() | {"injected": n_injected})
-    key = cache_key("load", TABLE_VERSION, [s["content_hash"] for s in sources], n_injected, seed)
+        read.append(sig_source)
+    # the events-cache file of each source names its content and the reader options (HDF5 key, tree,
+    # substructure, strict, reader version): the same file read another way is another table
+    key = cache_key("load", TABLE_VERSION, [Path(s.table_path).name or s.content_hash for s in read], n_injected, seed)
     target = Path(cache_dir) / f"table-{key}.parquet"
     if not target.exists():
         with atomic_path(target, ".parquet") as tmp:

@@ -162,6 +162,34 @@ def test_signal_grid_injects_each_signal_in_its_own_window_at_equal_strength(tmp
     assert "Sensitivity map of the signal grid" in (out / "report.html").read_text()
 
 
+def test_points_read_their_own_window_and_signals_of_one_name_keep_their_own_folders(tmp_path, demo_frame):
+    """With a configured SR and an extra window below it (which sorts first), a point's S, B and Z
+    come from the SR it injected into; two signal files named alike write two folders."""
+    bkg = tmp_path / "bkg.h5"
+    demo_frame[demo_frame.label == 0].iloc[:12_000].to_hdf(bkg, key="df", mode="w")
+    s = demo_frame[demo_frame.label == 1]
+    sigs = [tmp_path / "a" / "sig.h5", tmp_path / "b" / "sig.h5"]
+    for path, half in zip(sigs, (s.iloc[: len(s) // 2], s.iloc[len(s) // 2:])):
+        path.parent.mkdir()
+        half.to_hdf(path, key="df", mode="w")
+    tiny = {**TINY, "regions": {"signal_region": [3300, 3700], "scan_centers": [3100]},
+            "detectors": {"cwola": TINY["detectors"]["cwola"]}}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "scan"
+    assert main(["inject", "--config", str(cfg), "--data", str(bkg), "--signal", str(sigs[0]), "--signal",
+                 str(sigs[1]), "--counts", "120", "--seeds", "1", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "inject_results.json").read_text())
+    assert len(res["points"]) == 2 and len(set(res["points_dirs"])) == 2
+    assert len({p["signal_name"] for p in res["points"]}) == 2
+    for p, pdir in zip(res["points"], res["points_dirs"]):
+        windows = {r["window"] for r in json.loads((out / pdir / "results.json").read_text())["results"]}
+        assert windows == {"2900-3300", "3300-3700"}
+        assert p["window"] == "3300-3700"
+        assert p["s_sr"] > 0.6 * 120  # the injected signal sits in 3300-3700, not in 2900-3300
+        assert p["detectors"]["cwola"]["z"]
+
+
 def test_levels_beyond_the_signal_file_are_a_one_line_error(tmp_path, demo_frame, capsys):
     bkg, sig = tmp_path / "bkg.h5", tmp_path / "sig.h5"
     demo_frame[demo_frame.label == 0].iloc[:12_000].to_hdf(bkg, key="df", mode="w")

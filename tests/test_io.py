@@ -281,3 +281,18 @@ def test_root_jagged_branch_and_several_trees(tmp_path):
     with pytest.raises(InputFileError, match=r"holds several trees \['a', 'b'\]; set data.tree"):
         read_events(tmp_path / "two.root")
     assert len(read_events(tmp_path / "two.root", tree="b")[0]) == 5
+
+
+def test_event_table_of_another_hdf5_key_in_the_same_file_is_another_table(tmp_path):
+    """One file read under two keys into one cache: each run analyses its own key's events."""
+    from sideband.pipeline.config import DataConfig
+    from sideband.pipeline.table import load_table, read_table
+
+    path = tmp_path / "two.h5"
+    for key, n, seed in (("a", 500, 1), ("b", 800, 2)):
+        jets_to_lhco_frame(lhco_jets(n, seed=seed)).to_hdf(path, key=key, mode="a")
+    cache = tmp_path / "cache"
+    tables = {key: load_table(DataConfig(path=str(path), key=key), str(cache), seed=0) for key in ("a", "b")}
+    assert tables["a"].path != tables["b"].path
+    for key, n in (("a", 500), ("b", 800)):
+        assert tables[key].n_events == n and len(read_table(tables[key])) == n

@@ -36,8 +36,8 @@ from sideband.pipeline.exceptions import SidebandUserError
 from sideband.pipeline.graph import Graph, Node, Ref
 from sideband.pipeline.regions import Window, scan_windows
 from sideband.pipeline.table import demo_data_path
-from sideband.pipeline.sensitivity import (CONSTRUCTION, background_in_windows, point_global, seed_band,
-                                           sensitivity_curves)
+from sideband.pipeline.sensitivity import (CONSTRUCTION, background_in_windows, point_global, point_window,
+                                           seed_band, sensitivity_curves)
 
 from .search_graph import build_search_graph
 
@@ -105,10 +105,22 @@ def signal_plan(cfg: Config, signal: str, *, counts: list[int], levels: list[flo
     return plan | {"counts": plan_counts, "levels": list(levels), "b_sr": b}
 
 
+def _signal_names(signals: list[str]) -> dict[str, str]:
+    """Each signal file's name in point folders and reports: its stem, or where two files share a
+    stem (``m3500/events.h5``, ``m4500/events.h5``) the stem and a hash of the path, so that no
+    two signals write one folder."""
+    stems = {}
+    for sig in signals:
+        stems.setdefault(Path(sig).stem, set()).add(str(Path(sig).resolve()))
+    return {sig: Path(sig).stem if len(stems[Path(sig).stem]) == 1
+            else f"{Path(sig).stem}-{cache_key(str(Path(sig).resolve()))[:6]}" for sig in signals}
+
+
 def _point_record(doc: dict) -> dict:
     """One point: S and B in the SR before selection, and per detector its Z, limits, SIC and global Z."""
     rows = doc["results"]
-    none = next(r for r in rows if r["detector"] == "none" and r["window"] == rows[0]["window"])
+    where = point_window(doc)
+    none = next(r for r in rows if r["detector"] == "none" and r["window"] == where)
     s = none.get("n_signal_sr_truth", 0) or 0
     b = none["n_observed_sr"] - s
     rec = {**doc["point"], "window": none["window"], "s_sr": s, "b_sr": b, "s_over_b": s / b if b else None,
@@ -181,7 +193,7 @@ def point_lee_node(results: str, *, point: dict, scan: list[dict], n_toys: int) 
     import pandas as pd
     import pyarrow.parquet as pq
 
-    doc = json.loads(Path(results).read_text())
+    doc = json.loads(Path(results).read_text()) | {"point": point}
     table = Path(results).parent / doc["event_table"]
     cols = ["mjj"] + (["label"] if "label" in pq.read_schema(table).names else [])
     events = pd.read_parquet(table, columns=cols)
@@ -267,9 +279,11 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
                          cache=out / "cache") for sig in signals]
     g = Graph()
     finals, lees, points, dirs = [], [], [], []
+    names = _signal_names([plan["signal"] for plan in plans])
     for plan in plans:
         sig = plan["signal"]
-        stem = Path(sig).stem
+        stem = names[sig]
+        window = "{:g}-{:g}".format(*plan["signal_region"])  # the name of the SR's Window
         for n in plan["counts"]:
             for k in range(n_seeds):
                 seed = cfg.seed + k
@@ -278,7 +292,7 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
                 sub, _ = build_search_graph(pcfg, pdir, out / "cache", meta={"mode": "inject", "seed": seed},
                                             blind=False)
                 g.update(sub)
-                point = {"signal": sig, "signal_name": stem, "n_inject": n, "seed": seed}
+                point = {"signal": sig, "signal_name": stem, "n_inject": n, "seed": seed, "window": window}
                 finals.append(sub.final)
                 lees.append(g.add(Node(f"inject-lee-{cache_key(point, str(pdir.resolve()))}", point_lee_node,
                                        {"results": Ref(sub.final), "point": point, "scan": scan,
