@@ -293,8 +293,9 @@ def windows_html(doc: dict, out_dir: Path, rows: list[dict], best: dict | None) 
     if first in spectra:
         lead_det = best["detector"] if best else "none"
         figs = sorted(spectra[first], key=lambda d: (d[0] != lead_det, d[0] != "none", d[0]))
-        what = "most significant" if not blinded else "best expected sensitivity"
-        out.append((f"Window of the {what} test: SR {first} GeV (spectra, background fits, pulls)",
+        what = ("Window of the most significant test" if not blinded else
+                "Window of the best expected sensitivity test" if best else "Lowest window")
+        out.append((f"{what}: SR {first} GeV (spectra, background fits, pulls)",
                     "".join(img_html(uri, f"{det}, SR {first} GeV") for det, uri in figs)))
     others = []
     for _, w in order:

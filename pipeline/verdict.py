@@ -11,7 +11,11 @@ summary and ``report.html``. Its rules:
   background fit, not in the look-elsewhere maximum: ...") instead of dropping it silently.
 * **Best test** (:func:`best_test`). Unblinded: the usable test with the largest global Z
   (``z_global``), ties and runs without a look-elsewhere correction decided by the local Z.
-  Blind: the usable test with the smallest median expected upper limit, in signal events.
+  Blind, with a signal model (``--signal-model``): the usable test with the smallest median
+  expected upper limit on *produced* signal events (``signal_upper_limit_expected``: the
+  limit after selection over the template's efficiency through it). Without one there is no
+  best blind test: a limit on events after selection always favours the tightest selection
+  (its background is smallest whatever the signal does), so the sentence gives the range.
 * **Threshold.** "Excess at ..." when the best global Z is >= 3 (:data:`Z_EXCESS`), otherwise
   "No significant excess: largest global Z ...". The wording comes from the numbers only.
   Without any global Z (look-elsewhere correction not run) the local Z is compared with the
@@ -30,7 +34,9 @@ summary and ``report.html``. Its rules:
   (:data:`FIT_P_MIN`) is listed ("N sideband fits with p < 0.01: ..."); when the best test is
   one of them, its parenthesis says so.
 * **Blind runs** (``doc["blinded"]``) never print an observed number: the number of tests
-  and windows, the best expected limit (events, at ``config.stats.cl``) and the fit flags.
+  and windows, the best expected limit on produced signal events with a signal model, else
+  the range of expected limits after selection (events, at ``config.stats.cl``), and the fit
+  flags.
 """
 
 from __future__ import annotations
@@ -88,12 +94,20 @@ def mass_text(row: dict) -> str:
 
 
 def best_test(rows: list[dict], blinded: bool = False) -> dict | None:
-    """The most significant usable test (blind: the one with the smallest expected limit)."""
+    """The most significant usable test; blind: the one with the smallest expected limit on
+    produced signal events (None without a signal model: see the module docstring)."""
     usable = [r for r in rows if problem(r, blinded) is None]
     if blinded:
-        usable = [r for r in usable if _num(r.get("upper_limit_expected")) is not None]
-        return min(usable, key=lambda r: r["upper_limit_expected"], default=None)
+        usable = [r for r in usable if _num(r.get("signal_upper_limit_expected")) is not None]
+        return min(usable, key=lambda r: r["signal_upper_limit_expected"], default=None)
     return max(usable, key=_significance, default=None)
+
+
+def _expected_limits(rows: list[dict], blinded: bool) -> tuple[float, float] | None:
+    """Smallest and largest expected limit (signal events after selection) of the usable tests."""
+    vals = [r["upper_limit_expected"] for r in rows
+            if problem(r, blinded) is None and _num(r.get("upper_limit_expected")) is not None]
+    return (min(vals), max(vals)) if vals else None
 
 
 def _significance(row: dict) -> tuple[float, float]:
@@ -171,8 +185,12 @@ def _blind(doc: dict, rows: list[dict]) -> str:
     best = best_test(rows, blinded=True)
     cl = _num(((doc.get("config") or {}).get("stats") or {}).get("cl")) or 0.95
     if best is not None:
-        head += (f"; best expected {100 * cl:.3g}% CL limit {best['upper_limit_expected']:.3g} signal events "
-                 f"({short_label(best)}, {mass_text(best)})")
+        head += (f"; best expected {100 * cl:.3g}% CL limit {best['signal_upper_limit_expected']:.3g} produced "
+                 f"signal events ({short_label(best)}, {mass_text(best)}; signal efficiency "
+                 f"{best['signal_efficiency']:.3g})")
+    elif (span := _expected_limits(rows, True)) is not None:
+        head += (f"; expected {100 * cl:.3g}% CL limits {span[0]:.3g}-{span[1]:.3g} signal events after selection "
+                 "(a signal model, --signal-model, turns them into limits on produced events that rank the tests)")
     flags = _flags(rows, True)
     if not any(poor_fit(r) for r in rows if problem(r, True) is None):
         flags.insert(0, f"no sideband fit with p < {FIT_P_MIN:g}")
@@ -212,7 +230,9 @@ def window_summary(rows: list[dict], blinded: bool) -> str:
     text = f"SR {mass_text(rows[0])} ({rows[0]['window']} GeV)"
     best = best_test(rows, blinded)
     if best is not None and blinded:
-        text += f": best expected limit {best['upper_limit_expected']:.3g} events ({short_label(best)})"
+        text += f": best expected limit {best['signal_upper_limit_expected']:.3g} produced events ({short_label(best)})"
+    elif blinded and (span := _expected_limits(rows, True)) is not None:
+        text += f": expected limits {span[0]:.3g}-{span[1]:.3g} events after selection"
     elif best is not None:
         text += f": max local Z {best['z_local']:.2f} ({short_label(best)})"
         text += f", global Z {z_global_text(best, '.2f')}" if z_global_text(best) else ""

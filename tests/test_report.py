@@ -23,7 +23,7 @@ import pytest
 
 from sideband.pipeline.report import format_summary, format_table, plot_spectra, write_html_report, write_results
 from sideband.pipeline.scanplots import compress_png, plot_significance
-from sideband.pipeline.verdict import best_test, estimated_mass, fitted_signal, verdict
+from sideband.pipeline.verdict import best_test, estimated_mass, fitted_signal, mass_text, problem, short_label, verdict
 
 WINDOWS = [(lo, lo + 400.0) for lo in np.arange(2900.0, 4900.0, 200.0)]  # 10 overlapping windows, 2.9-5.1 TeV
 SELECTIONS = (0.1, 0.01, 0.002)
@@ -233,14 +233,23 @@ def test_verdict_without_look_elsewhere_uses_local_z_and_says_so():
 def test_blind_verdict_reveals_no_observed_number():
     doc = _doc(blinded=True)
     text = verdict(doc)
-    best = min((r for r in doc["results"] if r["detector"] != "supervised" and r["upper_limit_expected"]),
-               key=lambda r: r["upper_limit_expected"])
-    assert best["selection"] == 0.002 and best["window"] == "4700-5100"
-    assert text.startswith(f"Blind scan (signal-region data hidden): 70 tests in 10 windows (2.9-5.1 TeV); best "
-                           f"expected 95% CL limit {best['upper_limit_expected']:.3g} signal events "
-                           f"({best['detector']} 0.2%, 4.7-5.1 TeV); "), text
+    # without a signal model no test is "best": a limit after selection always favours the tightest cut
+    usable = [r for r in doc["results"] if r["detector"] != "supervised" and r["upper_limit_expected"]
+              and problem(r, True) is None]
+    lims = sorted(r["upper_limit_expected"] for r in usable)
+    assert text.startswith(f"Blind scan (signal-region data hidden): 70 tests in 10 windows (2.9-5.1 TeV); "
+                           f"expected 95% CL limits {lims[0]:.3g}-{lims[-1]:.3g} signal events after selection "
+                           "(a signal model"), text
     assert "1 sideband fit with p < 0.01: cathode 1% 3.1-3.5 TeV" in text and "1 test without a usable" in text
     assert " Z " not in text and "Excess" not in text and "observed" not in text
+    # with one, the best test is the one with the smallest limit on produced events, not after selection
+    for r in usable:
+        r["signal_efficiency"] = 0.5 if r["selection"] == 0.1 else 0.01
+        r["signal_upper_limit_expected"] = r["upper_limit_expected"] / r["signal_efficiency"]
+    best = min(usable, key=lambda r: r["signal_upper_limit_expected"])
+    assert best["selection"] == 0.1 and best is not min(usable, key=lambda r: r["upper_limit_expected"])
+    assert f"best expected 95% CL limit {best['signal_upper_limit_expected']:.3g} produced signal events " \
+           f"({short_label(best)}, {mass_text(best)}; signal efficiency 0.5)" in verdict(doc)
     for r in doc["results"]:
         r["fit"] and r["fit"].update(p_value=0.5)
     assert "no sideband fit with p < 0.01" in verdict(doc)
@@ -417,7 +426,7 @@ def test_blind_report_hides_the_signal_region(blind_scan):
     assert "class='verdict blind'>Blind scan (signal-region data hidden): 70 tests in 10 windows" in page
     heads = re.findall(r"<h2>([^<]*)</h2>", page)
     assert "Significance vs mass" not in heads and heads[0].startswith(
-        "Upper limits" if _has_limitplot() else "Window of the best expected sensitivity test")
+        "Upper limits" if _has_limitplot() else "Lowest window")  # no signal model: no best blind test
     assert "BLINDED" in page and "<td>blind</td>" in page and "Sideband fit quality" in heads
     _check_images(page)
     doc = json.loads((out / "results.json").read_text())
