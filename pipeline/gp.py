@@ -330,7 +330,7 @@ def gp_predict(edges, counts, fit_mask, target_mask, *, n_params_options=(4, 5),
     return GPPrediction(
         expected=expected, b=float(expected[t].sum()), sigma=float(np.sqrt(max(cov.sum(), 0.0))), cov=cov,
         converged=converged, at_bound=at_bound, warnings=tuple(msgs), hyperparameters=hyper, bounds=bounds,
-        chi2=chi2, ndf=float(len(n_fit) - edf), mean_params=theta_mean + step,
+        chi2=chi2, ndf=float(len(n_fit) - edf), mean_params=theta_mean + step if mean_converged else theta_mean,
         log_marginal_likelihood=float(gpr.log_marginal_likelihood_value_), dijet_reference=reference_fit,
         _state={"edges": edges, "counts": counts, "fit_mask": fit_mask, "target_mask": target_mask, "mean": mean,
                 "noise": fit_noise, "kernel": gpr.kernel_},
