@@ -76,21 +76,23 @@ class ClassifierEnsemble:
         params.update(self.hgb_params)
         clf = HistGradientBoostingClassifier(random_state=seed, **params)
         clf.fit(X, y, sample_weight=w)
-        self.history_.append({"model": "hgb", "n_iter": int(clf.n_iter_),
-                              "validation_loss": [float(v) for v in getattr(clf, "validation_score_", [])]})
+        scores = [float(v) for v in getattr(clf, "validation_score_", [])]
+        # sklearn's validation_score_ with scoring "loss" (the default) is the *negative* log-loss
+        curve = ({"validation_loss": [-v for v in scores]} if params.get("scoring", "loss") == "loss"
+                 else {"validation_score": scores})
+        self.history_.append({"model": "hgb", "n_iter": int(clf.n_iter_), **curve})
         return clf
 
     def _fit_mlp(self, X, y, w, seed):
         import torch
 
-        from .base import torch_device
+        from .base import torch_device, torch_seeded
 
         p = {"hidden": [64, 64, 64], "epochs": 100, "batch_size": 1024, "lr": 1e-3,
              "patience": 10, "validation_fraction": 0.2, "weight_decay": 0.0}
         p.update(self.mlp_params)
         device = torch_device(self.device)
         gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
         mean, std = X.mean(axis=0), X.std(axis=0) + 1e-8
         Xt = torch.as_tensor((X - mean) / std, dtype=torch.float32)
         yt = torch.as_tensor(y, dtype=torch.float32)
@@ -99,10 +101,11 @@ class ClassifierEnsemble:
         n_val = max(1, int(p["validation_fraction"] * len(Xt)))
         val, trn = perm[:n_val], perm[n_val:]
         layers, width = [], X.shape[1]
-        for h in p["hidden"]:
-            layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
-            width = h
-        layers.append(torch.nn.Linear(width, 1))
+        with torch_seeded(seed):  # weight initialisation
+            for h in p["hidden"]:
+                layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+                width = h
+            layers.append(torch.nn.Linear(width, 1))
         net = torch.nn.Sequential(*layers).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
         loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")

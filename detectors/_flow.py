@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from .base import torch_seeded
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ConditionalFlow", "log_prob_per_state"]
@@ -98,7 +100,6 @@ class ConditionalFlow:
         import torch
 
         p = self.params
-        torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         dev = torch.device(self.device)
         xt = torch.as_tensor(np.asarray(x, np.float32)).to(dev)
@@ -107,7 +108,9 @@ class ConditionalFlow:
         perm = torch.randperm(n, generator=gen).to(dev)
         n_val = max(1, int(p["validation_fraction"] * n))
         val, trn = perm[:n_val], perm[n_val:]
-        flow = _build(x.shape[1], p).to(dev)
+        with torch_seeded(self.seed):
+            flow = _build(x.shape[1], p)
+        flow = flow.to(dev)
         if p["precision"] not in ("fp32", "bf16"):
             raise ValueError(f"flow precision must be 'fp32' or 'bf16', got {p['precision']!r}")
         autocast = ((lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)) if p["precision"] == "bf16"
@@ -166,12 +169,11 @@ class ConditionalFlow:
         import torch
 
         c = np.asarray(c, np.float32).reshape(-1, 1)
-        torch.manual_seed(seed)
-        flow = _build(self.n_features_, self.params)
-        flow.eval()
         parts = np.array_split(np.arange(len(c)), len(self.states_))
         out = np.empty((len(c), self.n_features_), np.float32)
-        with torch.no_grad():
+        with torch_seeded(seed), torch.no_grad():  # nflows draws its noise from torch's global generator
+            flow = _build(self.n_features_, self.params)
+            flow.eval()
             for state, idx in zip(self.states_, parts):
                 flow.load_state_dict(state)
                 for j in range(0, len(idx), 65536):

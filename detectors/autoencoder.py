@@ -31,7 +31,7 @@ from pydantic import Field
 
 from sideband.pipeline.cache import atomic_path
 
-from .base import BaseDetector, DetectorParams, check_fitted, check_inputs, torch_device
+from .base import BaseDetector, DetectorParams, check_fitted, check_inputs, torch_device, torch_seeded
 
 __all__ = ["SCORE_TYPES", "Autoencoder", "Detector", "build_trigger_model"]
 
@@ -211,12 +211,12 @@ class Autoencoder(BaseDetector):
         if len(Xt) < 20:
             raise ValueError(f"autoencoder: only {len(Xt)} training events")
         seed = 0 if self.random_state is None else int(self.random_state)
-        torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         dev = torch_device(self.device)
         mean, std = Xt.mean(axis=0), Xt.std(axis=0) + 1e-6
-        model = build_trigger_model(X.shape[1], list(self.hidden), int(self.latent),
-                                    variational=bool(self.variational), score_type=self.score_type)
+        with torch_seeded(seed):  # weight initialisation
+            model = build_trigger_model(X.shape[1], list(self.hidden), int(self.latent),
+                                        variational=bool(self.variational), score_type=self.score_type)
         model.set_scaling(mean, std)
         model.to(dev)
         data = torch.as_tensor(Xt).to(dev)

@@ -37,6 +37,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pickle
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -48,7 +50,7 @@ from sideband.pipeline.cache import atomic_path
 from sideband.pipeline.exceptions import ConfigError, NotFittedError
 
 __all__ = ["BaseDetector", "DetectorParams", "load_detector_class", "make_detector", "score_events",
-           "validate_params", "check_config", "check_fitted", "torch_device"]
+           "validate_params", "check_config", "check_fitted", "torch_device", "torch_seeded"]
 
 
 class DetectorParams(BaseModel):
@@ -275,3 +277,23 @@ def torch_device(requested: str = "auto"):
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+_TORCH_RNG = threading.Lock()
+
+
+@contextmanager
+def torch_seeded(seed: int):
+    """torch's process-wide generator, seeded, for one block at a time.
+
+    Weight initialisation (torch.nn and nflows layers) and nflows' sampling draw from that
+    generator. Dask threads of one worker process (``compute.processes: false``,
+    ``threads_per_worker`` > 1, ``dask worker --nthreads`` > 1) run several training nodes at
+    once and would reseed each other's stream between seed and draw, so a seed would not fix the
+    result; the block runs under a lock. Everything else draws from its own ``torch.Generator``.
+    """
+    import torch
+
+    with _TORCH_RNG:
+        torch.manual_seed(int(seed))
+        yield

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from .base import DetectorParams, check_fitted, check_inputs, torch_device
+from .base import DetectorParams, check_fitted, check_inputs, torch_device, torch_seeded
 from .cathode import Cathode
 
 __all__ = ["RAnode", "Detector"]
@@ -151,7 +151,6 @@ class RAnode(Cathode):
 
         from ._flow import _build
 
-        torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         dev = torch.device(str(torch_device(self.device)))
         xt = torch.as_tensor(x).to(dev)
@@ -160,7 +159,9 @@ class RAnode(Cathode):
         perm = torch.randperm(len(xt), generator=gen).to(dev)
         n_val = max(1, int(p["validation_fraction"] * len(xt)))
         val, trn = perm[:n_val], perm[n_val:]
-        flow = _build(x.shape[1], p).to(dev)
+        with torch_seeded(seed):
+            flow = _build(x.shape[1], p)
+        flow = flow.to(dev)
         w0 = float(self.signal_fraction or self.signal_fraction_init)
         logit_w = torch.nn.Parameter(torch.tensor(np.log(w0) - np.log1p(-w0), dtype=torch.float32, device=dev),
                                      requires_grad=self.signal_fraction is None)

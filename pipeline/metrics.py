@@ -56,7 +56,7 @@ def sic_curve(score_signal: np.ndarray, score_background: np.ndarray, min_backgr
     scores = np.r_[s, b]
     fpr, tpr, _ = roc_curve(y, scores, drop_intermediate=False)
     auc = float(roc_auc_score(y, scores))
-    n_b_pass = fpr * len(b)
+    n_b_pass = np.rint(fpr * len(b))  # a count: fpr * n is not exact in floating point (50/97 * 97 < 50)
     with np.errstate(divide="ignore", invalid="ignore"):
         sic = np.where(fpr > 0, tpr / np.sqrt(fpr), 0.0)
     ok = n_b_pass >= min_background

@@ -141,3 +141,56 @@ def test_flow_bf16_training_keeps_the_fp32_validation_nll():
     assert abs(nll["bf16"] - nll["fp32"]) < 0.05, nll
     with pytest.raises(ValueError, match="precision"):
         ConditionalFlow(p | {"precision": "fp8"}).fit(x, c)
+
+
+def test_seeded_torch_draws_do_not_depend_on_other_threads():
+    """Dask threads of one worker process train at once: a flow's samples and an MLP's initial
+    weights with a given seed are the same whether or not other threads draw at the same time."""
+    import sys
+    import threading
+
+    from sideband.detectors._flow import ConditionalFlow
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=600).astype(np.float32)
+    x = (rng.normal(size=(600, 2)) + c[:, None]).astype(np.float32)
+    flow = ConditionalFlow({"n_transforms": 1, "hidden": 8, "epochs": 1, "batch_size": 256, "n_average": 1}).fit(x, c)
+    ctx = np.linspace(-1, 1, 2000).astype(np.float32)
+    alone = {seed: flow.sample(ctx, seed=seed) for seed in range(4)}
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        together: dict = {}
+
+        def work(seed):
+            for _ in range(3):
+                together.setdefault(seed, []).append(flow.sample(ctx, seed=seed))
+
+        def other_node():  # another training node in the same process, seeding and drawing too
+            for seed in range(6):
+                ConditionalFlow({"n_transforms": 1, "hidden": 8, "epochs": 1, "batch_size": 256, "n_average": 1},
+                                seed=seed).fit(x[:200], c[:200])
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)] + [threading.Thread(target=other_node)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sorted(together) == [0, 1, 2, 3]
+    for seed, runs in together.items():
+        for run in runs:
+            np.testing.assert_array_equal(run, alone[seed])
+
+
+def test_boosted_tree_validation_loss_is_a_loss():
+    """The training curves plot a validation *loss* (sklearn keeps the negative log-loss)."""
+    from sideband.detectors._classifier import ClassifierEnsemble
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3))
+    y = (X[:, 0] + rng.normal(size=3000) > 0).astype(float)
+    ens = ClassifierEnsemble(model="hgb", n_ensemble=1, random_state=0, hgb_params={"max_iter": 30}).fit(X, y)
+    curve = ens.history_[0]["validation_loss"]
+    assert curve[0] == pytest.approx(np.log(2), abs=0.02) and min(curve) < curve[0] - 0.05

@@ -45,3 +45,14 @@ def test_curve_for_reports_hides_the_few_event_tail():
     kept = [v for v in d["sic"] if v is not None]
     assert d["sic"][0] is None and kept  # lowest eps_S: fewer than 50 background events pass
     assert max(kept) <= c.max_sic + 1e-9
+
+
+@pytest.mark.parametrize("n_b", [97, 161, 167, 1000])
+def test_max_sic_counts_exactly_min_background_events(n_b):
+    """The cut that keeps exactly min_background background events counts (fpr * n is a count:
+    50 / 97 * 97 < 50 in floating point)."""
+    b = np.arange(n_b, dtype=float)
+    s = np.full(100, n_b + 1.0)  # every signal event above every background event
+    b_top = b[-50:]  # scores of the 50 highest background events: the cut at b_top[0] keeps 50
+    c = sic_curve(np.r_[s[:50], b_top[0] + 0.5 * np.ones(50)], b, min_background=50)
+    assert c.max_sic == pytest.approx(1.0 / np.sqrt(50 / n_b))

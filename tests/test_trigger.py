@@ -206,3 +206,21 @@ def test_export_from_a_run_without_autoencoder_is_a_user_error(tmp_path, capsys)
     assert "no trained 'autoencoder' model" in capsys.readouterr().err
     assert main(["export-trigger", "--run", str(tmp_path), "--rate", "2"]) == 2
     assert "--rate 2.0" in capsys.readouterr().err
+
+
+def test_signal_file_with_labels_gives_its_signal_events_only(exported, tmp_path, small_h5):
+    """--signal with a labelled mixed file (LHC Olympics R&D style): only label-1 events are signal."""
+    from sideband.workflows.trigger import _load
+
+    run, _ = exported
+    rec = find_models(run)[0]
+    frame = pd.read_hdf(small_h5)
+    frame["label"] = (np.arange(len(frame)) < 123).astype(float)
+    mixed = tmp_path / "mixed.h5"
+    frame.to_hdf(mixed, key="df", mode="w")
+    _, _, X_sig = _load(rec, str(mixed))
+    assert len(X_sig) == 123
+    frame["label"] = 0.0
+    frame.to_hdf(tmp_path / "bkg.h5", key="df", mode="w")
+    with pytest.raises(SidebandUserError, match="labelled background"):
+        _load(rec, str(tmp_path / "bkg.h5"))

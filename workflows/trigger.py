@@ -198,7 +198,13 @@ def _load(rec: dict, signal_path: str | None):
     if signal_path:
         from sideband.pipeline.io import read_events
 
-        X_sig = read_events(signal_path)[0][feats].to_numpy(np.float32)
+        sig = read_events(signal_path)[0]
+        if "label" in sig:  # a labelled mixed file (e.g. LHC Olympics R&D): its signal events only
+            sig = sig[sig["label"].to_numpy() > 0.5]
+            if sig.empty:
+                raise SidebandUserError(f"{signal_path}: every event is labelled background (label 0); pass a "
+                                        "file of signal events or one with signal labelled 1")
+        X_sig = sig[feats].to_numpy(np.float32)
     elif labels is not None and (labels > 0.5).any():
         X_sig = X[labels > 0.5]
     return det, X[bkg], X_sig
