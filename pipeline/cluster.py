@@ -74,22 +74,34 @@ def count_gpus(compute) -> int:
     return cuda_visible()
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (CPU affinity and cgroup quota, as dask counts them), not
+    the machine's: under a SLURM cpuset or a container limit ``os.cpu_count()`` overcounts."""
+    from dask.system import CPU_COUNT
+
+    return max(1, int(CPU_COUNT))
+
+
 def worker_specs(n_workers: int, n_gpus: int, threads: int, per_gpu: int = 1) -> dict[str, dict]:
     """Worker specs of a local cluster with GPUs, the way dask-cuda places them.
 
     ``per_gpu`` workers per GPU (one, as dask-cuda, by default), each pinned with
-    ``CUDA_VISIBLE_DEVICES`` and advertising ``{"GPU": 1}`` (one training at a time per
+    ``CUDA_VISIBLE_DEVICES`` (the i-th entry of this process's own list when it has one: a user
+    or batch system that gave the run GPUs 2,3 gets workers on 2 and 3, UUIDs and MIG ids
+    included) and advertising ``{"GPU": 1}`` (one training at a time per
     worker), plus CPU workers for the remaining cores with no GPU visible. Returned as
     ``{name: {"cls": Nanny, "options": ...}}`` for :class:`distributed.SpecCluster`.
     """
     from distributed import Nanny
 
     env = {"OMP_NUM_THREADS": str(threads)}
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    devices = visible[:n_gpus] if len(visible) >= n_gpus else [str(i) for i in range(n_gpus)]
     specs = {}
-    for i in range(n_gpus):
+    for i, device in enumerate(devices):
         for j in range(per_gpu):
             specs[f"gpu-{i}" + (f"-{j}" if per_gpu > 1 else "")] = {"cls": Nanny, "options": {
-                "nthreads": 1, "resources": {"GPU": 1}, "env": env | {"CUDA_VISIBLE_DEVICES": str(i)}}}
+                "nthreads": 1, "resources": {"GPU": 1}, "env": env | {"CUDA_VISIBLE_DEVICES": device}}}
     for i in range(max(n_workers - n_gpus * per_gpu, 1)):
         specs[f"cpu-{i}"] = {"cls": Nanny, "options": {"nthreads": threads, "env": env | {"CUDA_VISIBLE_DEVICES": ""}}}
     return specs
@@ -129,7 +141,7 @@ def _local_cluster(compute):
     from distributed import LocalCluster, Scheduler, SpecCluster
 
     threads = int(compute.threads_per_worker)
-    n_workers = compute.n_workers or max(1, (os.cpu_count() or 1) // threads)
+    n_workers = compute.n_workers or max(1, usable_cores() // threads)
     n_gpus = count_gpus(compute) if compute.processes else 0
     with _workers_ignore_sigint(), _worker_malloc_env():
         if n_gpus:

@@ -173,6 +173,16 @@ class ComputeConfig(_Strict):
     #: Seconds to wait for an external scheduler before giving up.
     connect_timeout: float = Field(default=10.0, gt=0)
 
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v):
+        import re
+
+        if v is None or v == "synchronous" or v.endswith(".json") or "://" in v or re.fullmatch(r"[\w.\-\[\]:]+:\d+", v):
+            return v
+        raise ValueError(f"{v!r} is not 'synchronous', a scheduler file (*.json) or an address "
+                         "(tcp://host:8786 or host:8786)")
+
 
 class TriggerConfig(_Strict):
     """Fixed-point export of a trigger model (hls4ml)."""
@@ -237,7 +247,7 @@ class InjectionConfig(_Strict):
 
 
 class Config(_Strict):
-    seed: int = 42
+    seed: int = Field(default=42, ge=0)
     features: list[str] = Field(default_factory=lambda: ["mj1", "delta_mj", "tau21_j1", "tau21_j2"])
     data: DataConfig = Field(default_factory=DataConfig)
     regions: RegionsConfig = Field(default_factory=RegionsConfig)
@@ -373,6 +383,12 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); pass --config with a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     if overrides:
         raw = _merge(raw, overrides)
     return config_from_dict(raw, str(path), check)

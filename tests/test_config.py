@@ -73,3 +73,21 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.yaml")
+
+
+def test_unreadable_configs_and_bad_values_are_config_errors(tmp_path):
+    """Each of these was a traceback (exit 1) or failed only deep in the run."""
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("seed 42\n")  # a string, not a mapping: an override used to crash the merge
+    with pytest.raises(ConfigError, match="flat.yaml: the top level must be a mapping"):
+        load_config(flat, {"seed": 1})
+    binary = tmp_path / "events.h5"
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="events.h5: not a text file"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="seed"):
+        config_from_dict({"seed": -1})  # numpy refuses negative seeds, after the table is loaded
+    with pytest.raises(ConfigError, match="compute.scheduler.*'synchronus' is not 'synchronous'"):
+        config_from_dict({"compute": {"scheduler": "synchronus"}})
+    for ok in ("synchronous", "tcp://10.0.0.1:8786", "node12:8786", "/shared/sched.json", None):
+        assert config_from_dict({"compute": {"scheduler": ok}}).compute.scheduler == ok

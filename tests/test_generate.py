@@ -61,6 +61,12 @@ def test_same_seed_same_events(generated, tmp_path):
     pd.testing.assert_frame_equal(again, first)
 
 
+def test_metadata_rebuilds_the_sample(generated):
+    """The events of a seed depend on the chunk size: the metadata records it, and sideband's version."""
+    meta = json.loads((generated / "qcd_meta.json").read_text())
+    assert meta["process"]["chunk_size"] == 15 and meta["seeds"] == [11, 12] and meta["sideband"]
+
+
 def test_generated_files_go_through_the_search(generated, tmp_path):
     from sideband.pipeline.config import DataConfig
     from sideband.pipeline.table import load_table
@@ -75,6 +81,15 @@ def test_bad_signal_masses_are_user_errors(tmp_path, capsys):
     assert main(["generate", "signal", "--events", "5", "--m-res", "500", "--out", str(tmp_path),
                  "--scheduler", "synchronous"]) == 2
     assert "--m-res 500 must exceed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["0", "-2", "899999999"])
+def test_seeds_outside_pythias_range_are_user_errors(tmp_path, capsys, seed):
+    """0 is a time-based seed in Pythia, negative seeds all give its default stream and seeds above
+    9e8 are refused: none of them would make the sample its metadata says."""
+    assert main(["generate", "qcd", "--events", "30", "--chunk-size", "10", "--seed", seed, "--out", str(tmp_path),
+                 "--scheduler", "synchronous", "--no-progress"]) == 2
+    assert f"--seed {seed}: chunk seeds must lie in 1..900000000" in capsys.readouterr().err
 
 
 def test_demo_mixture(tmp_path):

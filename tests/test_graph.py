@@ -188,6 +188,28 @@ def test_several_workers_can_share_each_gpu():
     assert len(cpu) == 4 and all(o["env"]["CUDA_VISIBLE_DEVICES"] == "" for o in cpu)
 
 
+def test_gpu_workers_are_pinned_to_the_gpus_this_run_was_given(monkeypatch):
+    """A run given GPUs 2,3 (CUDA_VISIBLE_DEVICES, as a batch system or a user sets it) puts its
+    GPU workers on 2 and 3, not on 0 and 1; UUIDs pass through."""
+    from sideband.pipeline.cluster import worker_specs
+
+    def pinned(visible):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        specs = worker_specs(n_workers=4, n_gpus=2, threads=1)
+        return sorted(s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in specs.values()
+                      if "GPU" in (s["options"].get("resources") or {}))
+
+    assert pinned("2,3") == ["2", "3"]
+    assert pinned("GPU-aaaa, GPU-bbbb") == ["GPU-aaaa", "GPU-bbbb"]
+
+
+def test_local_cluster_counts_the_cores_it_may_use():
+    """CPU affinity (taskset, a SLURM cpuset) bounds the workers, not the machine's core count."""
+    from sideband.pipeline.cluster import usable_cores
+
+    assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
+
+
 @pytest.mark.parametrize("cores,gpus,expected", [(16, 1, 4), (8, 1, 2), (2, 1, 1), (32, 2, 4)])
 def test_gpu_workers_per_device_default_leaves_most_cores_to_cpu_nodes(cores, gpus, expected):
     from sideband.pipeline.cluster import gpu_workers_per_device

@@ -265,7 +265,7 @@ def _cmd_generate(args) -> int:
     if args.process == "qcd":
         physics = {"pthat_min": args.pthat_min}
     metas = generate(args.process, args.events, args.out, seed=args.seed, chunk_size=args.chunk_size,
-                     name=args.name, n_signal=args.n_signal, compute=ComputeConfig(scheduler=args.scheduler),
+                     name=args.name, n_signal=args.n_signal, compute=ComputeConfig(scheduler=args.scheduler, device="cpu"),
                      progress=_progress(args), **physics)
     for meta in metas:
         print(f"{meta['events_kept']} events kept of {meta['events_tried']} tried "

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 LEADING_JET_PT_MIN = 1200.0
 MAX_PARTICLES = 700
 GEN_VERSION = 1
+#: Largest seed Pythia accepts (Random:seed); 0 is time-based, negative values the default seed.
+PYTHIA_SEED_MAX = 900_000_000
 
 
 def pythia_settings(process: str, *, m_res: float = 3500.0, m_x: float = 500.0, m_y: float = 100.0,
@@ -197,6 +199,7 @@ def _merge(chunks: list[str], name: str, out_dir: str, label: float, settings: l
     sig = [m["sigma_gen_mb"] for m in metas if m["kept"]]
     meta = {
         "generator": f"pythia8mc {version('pythia8mc')}", "fastjet": version("fastjet"),
+        "sideband": version("sideband"),
         "process": process, "settings": settings, "seeds": [m["seed"] for m in metas],
         "events_tried": tried, "events_kept": kept, "acceptance": kept / tried if tried else None,
         "cross_section_pb": float(np.mean(sig) * 1e9) if sig else None,
@@ -217,6 +220,11 @@ def generate(process: str, n_events: int, out_dir: str | Path, *, seed: int = 10
         raise SidebandUserError(f"--events {n_events}: must be positive")
     if chunk_size <= 0:
         raise SidebandUserError(f"--chunk-size {chunk_size}: must be positive")
+    # Pythia's Random:seed: 0 is a time-based seed, a negative one the default seed, above 9e8 refused
+    last = seed + (100_000 if process == "demo" else 0) + -(-max(n_events, n_signal) // chunk_size) - 1
+    if seed < 1 or last > PYTHIA_SEED_MAX:
+        raise SidebandUserError(f"--seed {seed}: chunk seeds must lie in 1..{PYTHIA_SEED_MAX} (Pythia's range; 0 "
+                                f"is a time-based seed), these would reach {last}; choose another --seed")
     out = Path(out_dir)
     try:
         (out / "chunks").mkdir(parents=True, exist_ok=True)
@@ -248,13 +256,14 @@ def generate(process: str, n_events: int, out_dir: str | Path, *, seed: int = 10
         finals.append(g.add(Node("merge-demo", _merge, {
             "chunks": all_refs, "name": name or "demo", "out_dir": str(out), "label": 0.0,
             "settings": settings_of.get("qcd", []) + settings_of.get("signal", []),
-            "process": {"process": "demo", "qcd_events": n_events, "signal_events": n_signal, **physics},
+            "process": {"process": "demo", "qcd_events": n_events, "signal_events": n_signal,
+                        "chunk_size": chunk_size, **physics},
             "shuffle_seed": seed}, kind="merge")))
     else:
         proc, refs, label, settings = merged_chunks[0]
         finals.append(g.add(Node(f"merge-{proc}", _merge, {
             "chunks": refs, "name": name or proc, "out_dir": str(out), "label": label, "settings": settings,
-            "process": {"process": proc, **physics}}, kind="merge")))
+            "process": {"process": proc, "chunk_size": chunk_size, **physics}}, kind="merge")))
     g.final = finals[-1].key
     from .search import run_with_progress
 
