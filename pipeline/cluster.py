@@ -103,7 +103,8 @@ def worker_specs(n_workers: int, n_gpus: int, threads: int, per_gpu: int = 1) ->
             specs[f"gpu-{i}" + (f"-{j}" if per_gpu > 1 else "")] = {"cls": Nanny, "options": {
                 "nthreads": 1, "resources": {"GPU": 1}, "env": env | {"CUDA_VISIBLE_DEVICES": device}}}
     for i in range(max(n_workers - n_gpus * per_gpu, 1)):
-        specs[f"cpu-{i}"] = {"cls": Nanny, "options": {"nthreads": threads, "env": env | {"CUDA_VISIBLE_DEVICES": ""}}}
+        specs[f"cpu-{i}"] = {"cls": Nanny, "options": {"nthreads": threads, "resources": {"CPU": threads},
+                                                       "env": env | {"CUDA_VISIBLE_DEVICES": ""}}}
     return specs
 
 
@@ -218,7 +219,8 @@ def slurm_cluster(*, queue: str, cores: int, memory: str, walltime: str = "04:00
     """A dask-jobqueue ``SLURMCluster`` whose workers sideband can use (docs/cluster.md).
 
     ``gpus=1``: each job is one single-threaded worker with one GPU (``--gres=gpu:1``)
-    advertising ``{"GPU": 1}``; else ``cores`` single-threaded CPU workers per job.
+    advertising ``{"GPU": 1}``; else ``cores`` single-threaded CPU workers per job, advertising
+    ``{"CPU": 1}`` (where CPU nodes go when GPU workers exist, replaced workers included).
     """
     from .exceptions import optional_import
 
@@ -231,9 +233,11 @@ def slurm_cluster(*, queue: str, cores: int, memory: str, walltime: str = "04:00
                                      worker_extra_args=["--resources", "GPU=1"], **kwargs)
     return jobqueue.SLURMCluster(queue=queue, cores=cores, processes=cores, memory=memory, walltime=walltime,
                                  job_extra_directives=extra, job_script_prologue=["export OMP_NUM_THREADS=1", *prologue],
-                                 **kwargs)
+                                 worker_extra_args=["--resources", "CPU=1"], **kwargs)
 
 
 def cpu_workers(client) -> list[str]:
-    """Addresses of the workers without a GPU (where CPU nodes go when GPU workers exist)."""
+    """Addresses of the workers without a GPU (where CPU nodes go when GPU workers exist and the
+    CPU workers advertise no ``CPU`` resource: then a CPU worker that is replaced, e.g. restarted
+    by its nanny, has a new address and gets none of them)."""
     return [addr for addr, w in client.scheduler_info()["workers"].items() if not (w.get("resources") or {}).get("GPU")]

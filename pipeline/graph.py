@@ -222,8 +222,15 @@ def _run_dask(nodes: list[Node], final: str, compute, report, on_start) -> Any:
         if on_start:
             on_start(f"Dask dashboard: {client.dashboard_link}")
         available = worker_resources(client)
-        # With GPU workers present, nodes that need no GPU stay on the CPU workers.
-        cpu_only = cpu_workers(client) if "GPU" in available else None
+        # With GPU workers present, nodes that need no GPU stay on the CPU workers: by the CPU
+        # resource they advertise (local clusters, slurm_cluster, docs/cluster.md), which a
+        # replacement worker advertises too; else by address, which a replacement does not have.
+        cpu_res = {"CPU": 1} if "GPU" in available and "CPU" in available else None
+        cpu_only = cpu_workers(client) if "GPU" in available and cpu_res is None else None
+        if cpu_only:
+            log.warning("GPU workers but no worker advertises CPU: CPU nodes are pinned to the %d current CPU "
+                        "workers by address (a replaced worker gets none); start CPU workers with "
+                        "--resources CPU=<threads>", len(cpu_only))
         gpu_nodes = [n.key for n in nodes if n.resources and "GPU" in n.resources]
         if gpu_nodes and "GPU" not in available:
             log.warning("%d node(s) could use a GPU but no Dask worker advertises one; they run on CPU workers",
@@ -231,7 +238,7 @@ def _run_dask(nodes: list[Node], final: str, compute, report, on_start) -> Any:
         futures: dict[str, Any] = {}
         by_key = {}
         for node in nodes:
-            res = dict(node.resources) if node.resources and all(k in available for k in node.resources) else None
+            res = dict(node.resources) if node.resources and all(k in available for k in node.resources) else cpu_res
             fut = client.submit(execute_node, node.func, node.cache, _resolve(node.kwargs, futures), key=node.key,
                                 resources=res, workers=None if res or not cpu_only else cpu_only,
                                 allow_other_workers=False, pure=False, retries=int(compute.retries))

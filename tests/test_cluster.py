@@ -42,6 +42,7 @@ def test_slurm_job_scripts_for_cpu_and_gpu_workers():
     try:
         cs, gs = cpu.job_script(), gpu.job_script()
         assert "#SBATCH -p cpu" in cs and "--account=me" in cs and "--nworkers 8" in cs and "OMP_NUM_THREADS=1" in cs
+        assert "--resources CPU=1" in cs
         assert "export MALLOC_MMAP_THRESHOLD_=" in cs and "export MALLOC_MMAP_THRESHOLD_=" in gs
         assert "--gres=gpu:1" in gs and "--resources GPU=1" in gs and "--nthreads 1" in gs
     finally:

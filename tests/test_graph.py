@@ -126,6 +126,44 @@ def test_gpu_nodes_land_on_pinned_gpu_workers_and_cpu_nodes_never_do(monkeypatch
     assert all(v == "" for _, v in out["cpu"])  # no GPU visible where CPU nodes ran
 
 
+def test_cpu_workers_advertise_cpu_so_replacements_get_cpu_nodes():
+    from sideband.pipeline.cluster import worker_specs
+
+    specs = worker_specs(n_workers=6, n_gpus=1, threads=2)
+    assert [s["options"].get("resources") for k, s in specs.items() if k.startswith("cpu")] == [{"CPU": 2}] * 5
+
+
+def _die_once(marker):
+    """Kill this worker process the first time (its nanny restarts it at a new address)."""
+    from pathlib import Path
+
+    if not Path(marker).exists():
+        Path(marker).write_text("killed")
+        os._exit(1)
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+@pytest.mark.slow  # ~30 s: a local cluster of three workers, one restarted
+def test_cpu_nodes_go_to_a_restarted_cpu_worker(monkeypatch, tmp_path):
+    """With GPU workers present, CPU nodes are placed by the CPU resource, not by the addresses of
+    the CPU workers at submission: the only CPU worker dies mid-node and comes back at a new
+    address, and the node runs there (pinned by address it waited forever)."""
+    import threading
+
+    from sideband.pipeline import cluster
+
+    monkeypatch.setattr(cluster, "count_gpus", lambda compute: 2)
+    g = Graph()
+    g.final = g.add(Node("cpu", _die_once, {"marker": str(tmp_path / "died")})).key
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(v=run_graph(g, ComputeConfig(n_workers=3, device="auto"))),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert (tmp_path / "died").exists() and not thread.is_alive(), "the node never ran again after its worker died"
+    assert out["v"] == ""  # on the (restarted) CPU worker
+
+
 def test_local_workers_start_with_glibc_mmap_threshold(monkeypatch):
     """Dask's nanny freezes glibc's mmap threshold at 128 KiB (it sets MALLOC_TRIM_THRESHOLD_),
     which made torch training 3x slower in a worker than in a plain process; local workers are
