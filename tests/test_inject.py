@@ -45,6 +45,23 @@ def test_every_point_has_its_records(scan):
     assert (out / "points" / "sig-n200-s1" / "results.json").exists()
 
 
+def test_recorded_config_is_what_ran(scan):
+    """--counts, --seeds and --signal are recorded in inject_results.json's config, so rerunning
+    from it gives the same scan."""
+    _, res = scan
+    inj = res["config"]["injection"]
+    assert inj["counts"] == [0, 200] and inj["seeds"] == 2 and [s.rsplit("/", 1)[-1] for s in inj["signals"]] == ["sig.h5"]
+
+
+def test_zero_or_negative_seeds_are_a_one_line_error(tmp_path, demo_frame, capsys):
+    sig = tmp_path / "sig.h5"
+    demo_frame[demo_frame.label == 1].to_hdf(sig, key="df", mode="w")
+    for seeds in ("0", "-1"):
+        assert main(["inject", "--signal", str(sig), "--seeds", seeds, "--out", str(tmp_path / "o"),
+                     "--no-progress"]) == 2
+        assert f"--seeds {seeds}: must be >= 1" in capsys.readouterr().err
+
+
 def test_summary_has_medians_over_seeds(scan):
     _, res = scan
     rows = {(r["n_inject"], r["detector"]): r for r in res["summary"]}

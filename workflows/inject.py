@@ -258,12 +258,20 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
     from sideband.workflows.search import check_output_dir, run_with_progress
 
     out = check_output_dir(Path(out_dir))
-    inj = cfg.injection
-    counts = sorted(set(counts if counts is not None else inj.counts))
-    if bad := [c for c in counts if c < 0]:
+    if counts is not None and (bad := [c for c in counts if c < 0]):
         raise SidebandUserError(f"--counts {','.join(map(str, bad))}: injected counts must be >= 0")
-    n_seeds = seeds or inj.seeds
-    signals = signals or inj.signals
+    if seeds is not None and seeds < 1:
+        raise SidebandUserError(f"--seeds {seeds}: must be >= 1")
+    if levels and any(not lv >= 0 for lv in levels):
+        raise SidebandUserError(f"--levels {','.join(map(str, levels))}: S/sqrt(B) levels must be >= 0")
+    # the command line's choices become the config's, so that inject_results.json records what ran
+    given = {"counts": counts, "seeds": seeds, "signals": signals, "levels": levels}
+    cfg = cfg.model_copy(update={"injection": cfg.injection.model_validate(
+        cfg.injection.model_dump() | {k: v for k, v in given.items() if v is not None})})
+    inj = cfg.injection
+    counts = list(inj.counts)
+    n_seeds = inj.seeds
+    signals = list(inj.signals)
     if not signals:
         raise SidebandUserError("no signal file to inject: pass --signal FILE (or injection.signals in the config)")
     for s in signals:
@@ -271,9 +279,7 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
             raise SidebandUserError(f"{s}: no such signal file; check --signal")
     scan_ws = _blind_scan(cfg)
     scan = [w.to_dict() for w in scan_ws]
-    levels = sorted(set(levels)) if levels is not None else inj.levels
-    if levels and any(not lv >= 0 for lv in levels):
-        raise SidebandUserError(f"--levels {','.join(map(str, levels))}: S/sqrt(B) levels must be >= 0")
+    levels = list(inj.levels)
     background_mjj = functools.cache(lambda: _mjj(cfg, cfg.data.path or str(demo_data_path()), out / "cache"))
     plans = [signal_plan(cfg, sig, counts=counts, levels=levels, scan=scan_ws, background_mjj=background_mjj,
                          cache=out / "cache") for sig in signals]
