@@ -119,7 +119,10 @@ def _test(base: TestResult, edges, counts, sr_bins, *, fit: FitConfig, stats_cfg
     n_obs = int(counts[sr_bins].sum())
     try:
         bkg = _background(edges, counts, sr_bins, fit)
-        sig = discovery_and_limit(bkg.b if blind else n_obs, bkg.b, bkg.sigma, stats_cfg.cl)
+        # limits from exact Poisson counts where p-values come from toys (small background)
+        counting_below = {"toys": np.inf, "auto": float(stats_cfg.toys_below)}.get(stats_cfg.p_value, 0.0)
+        sig = discovery_and_limit(bkg.b if blind else n_obs, bkg.b, bkg.sigma, stats_cfg.cl,
+                                  counting_below=counting_below)
     except (ValueError, np.linalg.LinAlgError) as exc:
         return dataclasses.replace(base, status=f"fit failed: {exc}", flags=("fit failed",)), None
     flags = []
@@ -129,7 +132,7 @@ def _test(base: TestResult, edges, counts, sr_bins, *, fit: FitConfig, stats_cfg
     if not bkg.converged:
         flags.append("fit not converged")
     fields = dict(bkg.extra, flags=tuple(flags), n_expected_sr=bkg.b, n_expected_sr_unc=bkg.sigma, fit=bkg.fit_summary,
-                  upper_limit_expected=sig.upper_limit_expected,
+                  upper_limit_expected=sig.upper_limit_expected, limit_method=sig.limit_method,
                   upper_limit_expected_band=getattr(sig, "upper_limit_expected_band", None),
                   status=sig.status if bkg.converged else "fit not converged")
     if not blind:

@@ -133,6 +133,8 @@ class TestResult:
     p0_toys: dict | None = None
     upper_limit: float | None = None
     upper_limit_expected: float | None = None
+    #: "asymptotic" (pyhf) or "counting" (exact Poisson CLs, below stats.toys_below)
+    limit_method: str | None = None
     upper_limit_expected_band: tuple | None = None
     fit: dict | None = None
     status: str = "ok"

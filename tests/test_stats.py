@@ -202,3 +202,42 @@ def test_limit_plot_draws_bands_and_blind_rows(tmp_path):
     assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     with pytest.raises(ValueError, match="no row has an expected limit"):
         plot_limits([dict(rows[0], upper_limit_expected=None)], tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("b,n,exact", [(0.01, 0, 3.00), (0.5, 0, 3.00), (2.0, 2, 4.82), (5.0, 5, 6.33)])
+def test_counting_limits_are_the_exact_poisson_cls(b, n, exact):
+    """At small background the counting CLs gives the textbook limits (no background
+    uncertainty); the asymptotic formulae are too strong there (1.94, 2.21, 4.18, 5.75)."""
+    from sideband.pipeline.stats import counting_cls_limits
+
+    r = discovery_and_limit(n, b, 0.0, counting_below=1000.0)
+    assert r.limit_method == "counting" and r.upper_limit == pytest.approx(exact, abs=0.01)
+    assert discovery_and_limit(n, b, 0.0).upper_limit < exact - 0.5  # the asymptotic answer
+    obs, band = counting_cls_limits(n, b, 0.0)
+    assert obs == pytest.approx(r.upper_limit) and band == sorted(band)
+    if b < 0.05:  # nearly every background-only outcome is n = 0: the whole band is 3.00
+        assert band == pytest.approx([3.0] * 5, abs=0.01)
+
+
+def test_counting_limits_cover_at_small_background():
+    """Coverage of the 95% CL limits with a true signal of 2.5 events on a background of 0.05 +- 0.02:
+    the counting limit covers; the asymptotic one excludes the true signal whenever n = 0 (~8%)."""
+    from sideband.pipeline.stats import counting_cls_limits
+
+    rng = np.random.default_rng(3)
+    s_true, b, sigma_b = 2.5, 0.05, 0.02
+    ns = rng.poisson(s_true + b, 4000)
+    for method, limit in (("counting", lambda n: counting_cls_limits(n, b, sigma_b)[0]),
+                          ("asymptotic", lambda n: discovery_and_limit(int(n), b, sigma_b).upper_limit)):
+        limits = {n: limit(n) for n in np.unique(ns)}
+        coverage = np.mean([limits[n] >= s_true for n in ns])
+        assert (coverage >= 0.95) == (method == "counting"), (method, coverage)
+
+
+def test_expected_limits_do_not_move_with_the_observed_count():
+    """The expected band is pre-fit: the same at n = 0, n = b and n = 4b (pyhf's band on the observed
+    data followed the excess: 6.8 / 9.0 / 13.7 for b = 10 +- 3)."""
+    bands = [discovery_and_limit(n, 10.0, 3.0).upper_limit_expected_band for n in (0, 10, 40)]
+    for band in bands[1:]:
+        assert band == pytest.approx(bands[0], rel=1e-4)
+    assert discovery_and_limit(40, 10.0, 3.0).upper_limit > bands[0][4]  # the observed limit does move

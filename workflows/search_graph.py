@@ -32,7 +32,7 @@ __all__ = ["build_search_graph", "decide_device", "NODE_VERSION", "STATS_VERSION
 NODE_VERSION = 3
 #: Bumped when the statistics change: statistics nodes rerun, trained models are reused.
 #: 6: signal-model fields (template efficiency, limits on produced events, expected Z).
-STATS_VERSION = 6
+STATS_VERSION = 7
 
 
 def decide_device(compute: ComputeConfig) -> str:
