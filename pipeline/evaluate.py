@@ -104,6 +104,9 @@ def _toy_significance(sig, edges, counts, sr_bins, *, bkg: _Background, fit: Fit
         toy = toy_p_value(edges, counts, ~sr_bins, sr_bins, z_obs, n_toys=int(stats_cfg.local_toys), seed=seed,
                           n_params_options=tuple(fit.n_params), alpha=fit.ftest_alpha)
     out = {"p0_toys": toy}
+    if toy["z"] is None:
+        return out | {"z_local": sig.z_local, "p0": sig.p0, "p_value_method":
+                      f"asymptotic (none of {toy['n_toys']} pseudo-experiments could be fitted)"}
     if toy["bound"] and sig.z_local > toy["z"]:
         return out | {"z_local": sig.z_local, "p0": sig.p0, "p_value_method":
                       f"asymptotic (beyond toy reach: none of {toy['n_toys']} pseudo-experiments reached it)"}

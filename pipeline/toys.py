@@ -148,8 +148,8 @@ def _p_value(target_mask, z_obs: float, draw_means, predict, *, n_toys: int, see
         (log.warning if failed > 0.5 * used else log.info)(
             "%d of %d pseudo-experiments left out: no dijet function could be fitted to their sidebands",
             failed, used)
-    if not len(t):
-        return {"p0": 1.0, "p0_err": float("nan"), "z": 0.0, "n_toys": int(used), "n_above": 0,
+    if not len(t):  # no pseudo-experiment could be fitted: no toy p-value (the caller keeps the asymptotic one)
+        return {"p0": None, "p0_err": None, "z": None, "n_toys": int(used), "n_above": 0,
                 "n_failed": int(failed), "bound": False}
     bound = not p > 0  # every tail probability underflowed: Z beyond ~37
     if bound:

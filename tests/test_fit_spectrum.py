@@ -106,3 +106,20 @@ def test_bad_csv_is_a_user_error(tmp_path, capsys, content, match):
     assert main(["fit-spectrum", "--csv", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1, err
+
+
+def test_unusable_out_or_binary_csv_is_a_user_error_before_fitting(tmp_path, capsys, monkeypatch):
+    """An --out that is a file and a CSV that is not text: one line, exit 2, and no fit is run
+    (an unwritable --out was an internal error after both fits)."""
+    _spectrum(tmp_path / "s.csv")
+    (tmp_path / "taken").write_text("a file")
+    fitted = []
+    import sideband.pipeline.fits as fits
+
+    monkeypatch.setattr(fits, "fit_dijet_ftest", lambda *a, **k: fitted.append(1))
+    assert main(["fit-spectrum", "--csv", str(tmp_path / "s.csv"), "--out", str(tmp_path / "taken")]) == 2
+    assert "taken" in capsys.readouterr().err and not fitted
+    (tmp_path / "b.csv").write_bytes(b"\xff\xfe\x00\x81 binary")
+    assert main(["fit-spectrum", "--csv", str(tmp_path / "b.csv"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a text CSV" in err and len(err.splitlines()) == 1

@@ -122,3 +122,26 @@ def test_a_strong_excess_in_a_tight_selection_keeps_its_significance():
     # 8 sideband events: the sparse ladder starts at (and the null is) the 3-parameter function
     assert ours["null_n_params"] == 3 and pred.fit.n_params == 3 and not ours["bound"]
     assert ours["z"] > 3.3
+
+
+def test_no_fittable_pseudo_experiment_gives_no_toy_p_value(monkeypatch):
+    """When the sidebands of every pseudo-experiment defeat the fit there is no toy p-value (it was
+    reported as Z = 0, 'toys', hiding any excess); the search keeps the asymptotic one and says why."""
+    from sideband.pipeline import toys
+    from sideband.pipeline.config import FitConfig, StatsConfig
+    from sideband.pipeline.evaluate import _background, _toy_significance
+    from sideband.pipeline.stats import discovery_and_limit
+
+    def failing(*args, **kwargs):
+        def predict(counts):
+            return np.full(len(counts), np.nan), np.full(len(counts), np.nan)
+        return predict
+
+    monkeypatch.setattr(toys, "_dijet_procedure", failing)
+    counts = np.random.default_rng(0).poisson(60 * SHAPE + 40 * SIGNAL)
+    r = toy_p_value(EDGES, counts, ~SR, SR, 3.0, n_toys=1000, seed=1)
+    assert r["z"] is None and r["p0"] is None and r["n_failed"] == r["n_toys"] > 0
+    bkg = _background(EDGES, counts, SR, FitConfig())
+    sig = discovery_and_limit(int(counts[SR].sum()), bkg.b, bkg.sigma, limit=False)
+    out = _toy_significance(sig, EDGES, counts, SR, bkg=bkg, fit=FitConfig(), stats_cfg=StatsConfig(), seed=1)
+    assert out["z_local"] == sig.z_local > 1 and out["p_value_method"].startswith("asymptotic (none of")

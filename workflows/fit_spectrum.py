@@ -36,10 +36,15 @@ def read_spectrum_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputFileError(f"{path}: no such file; check --csv")
     if path.is_dir():
         raise InputFileError(f"{path}: is a directory, expected a CSV file; pass the file with --csv")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-        rows = [{k.strip().lower(): v for k, v in r.items()} for r in reader]
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+            rows = [{k.strip().lower(): v for k, v in r.items()} for r in reader]
+    except UnicodeDecodeError:
+        raise InputFileError(f"{path}: not a text CSV (not UTF-8); pass a low,high,count CSV with --csv") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from None
     try:
         if {"low", "high", "count"} <= set(cols):
             lo = np.array([float(r["low"]) for r in rows])
@@ -84,7 +89,10 @@ def fit_spectrum(csv_path: str | Path, out_dir: str | Path, scan_step: float | N
     from sideband.pipeline.fits import fit_dijet_ftest
     from sideband.pipeline.gp import gp_predict, gp_scan
 
+    from .search import check_output_dir
+
     edges, counts = read_spectrum_csv(csv_path)
+    out = check_output_dir(Path(out_dir))  # before the fits: a bad --out costs nothing
     allb = np.ones(len(counts), bool)
     try:
         dijet = fit_dijet_ftest(edges, counts, allb)
@@ -109,8 +117,6 @@ def fit_spectrum(csv_path: str | Path, out_dir: str | Path, scan_step: float | N
         "scan": [{"mass": p.mass, "z_local": p.z_local, "signal": p.signal, "signal_unc": p.signal_unc}
                  for p in scan],
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "fit.json", result)
     _plot(edges, counts, dijet.expected, gp.expected, result, out / "fit.png")
     return result
