@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ __all__ = ["demo_data_path", "load_table", "data_identity", "read_table", "table
 #: Bumped whenever the table's meaning changes, so stale caches are not reused.
 #: 2: the input file's extra numeric columns are carried (usable as features).
 TABLE_VERSION = 2
+
+log = logging.getLogger(__name__)
 
 
 def demo_data_path() -> Path:
@@ -88,6 +91,22 @@ def _inject(events: pd.DataFrame, sig: pd.DataFrame, data: DataConfig, seed: int
     return pd.concat([events, sig], ignore_index=True)
 
 
+def _check_duplicates(path: str, events: pd.DataFrame, strict: bool) -> int:
+    """Events that repeat another event exactly (every column but the label): real collisions do
+    not, and a k-fold detector tests on copies of its training events. The default scan of 1M
+    events drawn with replacement from 240k background events found local Z 37 (CWoLa and
+    CATHODE, 0.2% selections) in pure background. A warning, an error with ``data.strict``."""
+    n_dup = int(events.duplicated(subset=[c for c in events.columns if c != "label"]).sum())
+    if n_dup:
+        msg = (f"{path}: {n_dup} of {len(events)} events ({n_dup / len(events):.2%}) repeat another event exactly; "
+               "the detectors would test on copies of their training events and find excesses that are not there "
+               "(a file resampled, or read twice?); remove the duplicates")
+        if strict:
+            raise InputFileError(msg)
+        log.warning("%s (data.strict: true makes this an error)", msg)
+    return n_dup
+
+
 def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list | tuple = (),
                features: list | tuple = ()) -> EventTable:
     """Read the input (plus injected signal) into one canonical Parquet table under ``cache_dir``.
@@ -106,7 +125,7 @@ def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list
                            features=list(features) or None)
 
     events, source = load(path, data.format)
-    sources, read = [source.to_dict()], [source]
+    sources, read = [source.to_dict() | {"n_duplicates": _check_duplicates(path, events, data.strict)}], [source]
     _check_regions(path, events, signal_regions)
     n_injected = 0
     if data.inject and data.inject.n_events > 0:

@@ -296,3 +296,22 @@ def test_event_table_of_another_hdf5_key_in_the_same_file_is_another_table(tmp_p
     assert tables["a"].path != tables["b"].path
     for key, n in (("a", 500), ("b", 800)):
         assert tables[key].n_events == n and len(read_table(tables[key])) == n
+
+
+def test_repeated_events_are_counted_and_flagged(tmp_path, caplog):
+    """Copies of events make k-fold detectors test on their training events (a resampled file found
+    local Z 37 in pure background): a warning with the count, an error with data.strict."""
+    from sideband.pipeline.config import DataConfig
+    from sideband.pipeline.table import load_table
+
+    frame = jets_to_lhco_frame(lhco_jets(400, seed=3))
+    path = tmp_path / "twice.h5"
+    pd.concat([frame, frame.iloc[:50]], ignore_index=True).to_hdf(path, key="df", mode="w")
+    with caplog.at_level(logging.WARNING):
+        table = load_table(DataConfig(path=str(path)), str(tmp_path / "c1"), seed=0)
+    assert table.sources[0]["n_duplicates"] == 50 and "50 of 450 events" in caplog.text
+    with pytest.raises(InputFileError, match="repeat another event exactly"):
+        load_table(DataConfig(path=str(path), strict=True), str(tmp_path / "c2"), seed=0)
+    clean = tmp_path / "once.h5"
+    frame.to_hdf(clean, key="df", mode="w")
+    assert load_table(DataConfig(path=str(clean)), str(tmp_path / "c3"), seed=0).sources[0]["n_duplicates"] == 0
