@@ -228,16 +228,23 @@ def counting_cls_limits(n_obs: float, b: float, sigma_b: float, cl: float = 0.95
     from scipy import optimize, special
 
     nodes = _background_nodes(float(b), float(sigma_b))
-    level = 1.0 - cl
+    log_level = np.log(1.0 - cl)
 
-    def cdf(n, mean):  # P(N <= n) for N ~ Poisson(mean), averaged over the background nodes
-        return float(np.mean(special.gammaincc(np.floor(n) + 1.0 if float(n).is_integer() else n + 1.0, mean)))
+    def log_cdf(n, mean):  # log P(N <= n), N ~ Poisson(mean) averaged over the background nodes
+        mean = np.maximum(mean, 1e-300)
+        if float(n).is_integer():  # summed in logs: n = 0 on b = 900 is e^-900, not 0
+            k = np.arange(int(n) + 1)[:, None]
+            v = special.logsumexp(k * np.log(mean)[None, :] - special.gammaln(k + 1.0), axis=0) - mean
+        else:  # blind runs: n = b, far from any underflow
+            with np.errstate(divide="ignore"):
+                v = np.log(special.gammaincc(n + 1.0, mean))
+        return float(special.logsumexp(v) - np.log(len(v)))
 
     def limit(n):
-        cb = cdf(n, nodes)
+        log_cb = log_cdf(n, nodes)
 
         def f(sig):
-            return cdf(n, nodes + sig) / cb - level
+            return log_cdf(n, nodes + sig) - log_cb - log_level
 
         hi = max(10.0, n + 10.0 * np.sqrt(n + 1.0))
         while f(hi) > 0:

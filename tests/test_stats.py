@@ -219,6 +219,15 @@ def test_counting_limits_are_the_exact_poisson_cls(b, n, exact):
         assert band == pytest.approx([3.0] * 5, abs=0.01)
 
 
+def test_counting_limits_survive_a_deep_deficit():
+    """No event on 900 expected: P(N <= 0) = e^-900 underflows as a plain probability (the stats node
+    crashed with ZeroDivisionError); CLs gives the s = 3.00 of a zero count."""
+    from sideband.pipeline.stats import counting_cls_limits
+
+    obs, band = counting_cls_limits(0, 900.0, 30.0)
+    assert obs == pytest.approx(3.0, abs=0.01) and 50 < band[2] < 120
+
+
 def test_counting_limits_cover_at_small_background():
     """Coverage of the 95% CL limits with a true signal of 2.5 events on a background of 0.05 +- 0.02:
     the counting limit covers; the asymptotic one excludes the true signal whenever n = 0 (~8%)."""
