@@ -182,7 +182,8 @@ def run_scale(scale, args, truth, edges, sr_bins, rng):
         c = rng.poisson(base + s_true * shape)
         try:
             pred = predict_background(edges, c, ~sr_bins, sr_bins, args.n_params)
-            r = discovery_and_limit(int(c[sr_bins].sum()), pred.b, pred.sigma, counting_below=args.toys_below)
+            r = discovery_and_limit(int(c[sr_bins].sum()), pred.b, pred.sigma,
+                                    counting=use_toys(args.p_value, pred.b, args.toys_below))
         except ValueError:
             continue
         if np.isfinite(r.upper_limit):

@@ -122,10 +122,9 @@ def _test(base: TestResult, edges, counts, sr_bins, *, fit: FitConfig, stats_cfg
     n_obs = int(counts[sr_bins].sum())
     try:
         bkg = _background(edges, counts, sr_bins, fit)
-        # limits from exact Poisson counts where p-values come from toys (small background)
-        counting_below = {"toys": np.inf, "auto": float(stats_cfg.toys_below)}.get(stats_cfg.p_value, 0.0)
-        sig = discovery_and_limit(bkg.b if blind else n_obs, bkg.b, bkg.sigma, stats_cfg.cl,
-                                  counting_below=counting_below)
+        # small background: p-values from toys and limits from exact Poisson counts
+        toys = use_toys(stats_cfg.p_value, bkg.b, stats_cfg.toys_below)
+        sig = discovery_and_limit(bkg.b if blind else n_obs, bkg.b, bkg.sigma, stats_cfg.cl, counting=toys)
     except (ValueError, np.linalg.LinAlgError) as exc:
         return dataclasses.replace(base, status=f"fit failed: {exc}", flags=("fit failed",)), None
     flags = []
@@ -140,7 +139,7 @@ def _test(base: TestResult, edges, counts, sr_bins, *, fit: FitConfig, stats_cfg
                   status=sig.status if bkg.converged else "fit not converged")
     if not blind:
         fields.update(z_local=sig.z_local, p0=sig.p0, z_local_asymptotic=sig.z_local, upper_limit=sig.upper_limit)
-        if use_toys(stats_cfg.p_value, bkg.b, stats_cfg.toys_below):
+        if toys:
             fields.update(_toy_significance(sig, edges, counts, sr_bins, bkg=bkg, fit=fit, stats_cfg=stats_cfg,
                                             seed=seed))
         else:

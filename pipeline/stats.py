@@ -40,7 +40,7 @@ class SignificanceResult:
     deviations of the background-only distribution (increasing; the middle one is the median),
     pre-fit: they depend on the predicted background, not on the observed count.
     ``limit_method``: ``"asymptotic"`` (pyhf, q~mu) or ``"counting"`` (exact Poisson counts,
-    :func:`counting_cls_limits`, below ``counting_below``).
+    :func:`counting_cls_limits`, with ``counting``).
     """
 
     n_observed: int
@@ -115,7 +115,7 @@ def _grid_limits(data, model, level: float, scan: np.ndarray):
 
 
 def discovery_and_limit(n_obs: int, b: float, sigma_b: float, cl: float = 0.95,
-                        limit: bool = True, counting_below: float = 0.0) -> SignificanceResult:
+                        limit: bool = True, counting: bool = False) -> SignificanceResult:
     """Discovery Z (q0, asymptotic) and CLs upper limits on signal events, with pyhf.
 
     The signal template is normalised to ``s0 = max(1, sqrt(b))`` events so that the POI
@@ -123,9 +123,9 @@ def discovery_and_limit(n_obs: int, b: float, sigma_b: float, cl: float = 0.95,
     expected and the expected band (-2, -1, 0, +1, +2 sigma). The expected limits are pre-fit:
     computed on the data set n = b (pyhf's expected band on the observed data comes from a
     background-only fit to it, which an excess pulls up: b = 10 +- 3 gave a median expected
-    limit of 6.8 at n = 0 and 13.7 at n = 40 instead of 9.0). Below ``counting_below`` expected
-    background events the limits are the exact counting CLs of :func:`counting_cls_limits`
-    (the asymptotic ones are too strong there). Uses pyhf's current backend (numpy by default)
+    limit of 6.8 at n = 0 and 13.7 at n = 40 instead of 9.0). With ``counting`` (the search sets
+    it where p-values come from toys: :func:`.toys.use_toys`) the limits are the exact counting
+    CLs of :func:`counting_cls_limits` (the asymptotic ones are too strong at small background). Uses pyhf's current backend (numpy by default)
     and changes no global pyhf state.
     """
     import pyhf
@@ -155,7 +155,7 @@ def discovery_and_limit(n_obs: int, b: float, sigma_b: float, cl: float = 0.95,
         status = "q0 fit failed"
         notes.append(f"hypotest(q0): {exc.__class__.__name__}: {exc}")
     ul_obs, band = float("nan"), [float("nan")] * 5
-    method = "counting" if b_used < counting_below else "asymptotic"
+    method = "counting" if counting else "asymptotic"
     if limit and method == "counting":
         try:
             ul_obs, band = counting_cls_limits(float(n_obs), b_used, sigma_b, cl)

@@ -210,7 +210,7 @@ def test_counting_limits_are_the_exact_poisson_cls(b, n, exact):
     uncertainty); the asymptotic formulae are too strong there (1.94, 2.21, 4.18, 5.75)."""
     from sideband.pipeline.stats import counting_cls_limits
 
-    r = discovery_and_limit(n, b, 0.0, counting_below=1000.0)
+    r = discovery_and_limit(n, b, 0.0, counting=True)
     assert r.limit_method == "counting" and r.upper_limit == pytest.approx(exact, abs=0.01)
     assert discovery_and_limit(n, b, 0.0).upper_limit < exact - 0.5  # the asymptotic answer
     obs, band = counting_cls_limits(n, b, 0.0)
