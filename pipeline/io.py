@@ -54,7 +54,7 @@ from .readers import (
 )
 
 __all__ = ["EventSource", "detect_format", "iter_events", "read_events", "load_events", "event_columns",
-           "check_features", "FORMATS", "SUBSTRUCTURE"]
+           "check_features", "signal_only", "FORMATS", "SUBSTRUCTURE"]
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,20 @@ def load_events(
     with atomic_path(meta, ".json") as tmp:
         tmp.write_text(json.dumps(info))
     return events, source
+
+
+def signal_only(events: pd.DataFrame, path, what: str) -> tuple[pd.DataFrame, int]:
+    """The signal events of a file given as signal (``what``: the option that named it): those
+    labelled 1 where the file has labels (a mixed file, e.g. LHC Olympics R&D), else all; and
+    how many labelled background were left out. A file whose events are all background is a
+    user error."""
+    if "label" not in events:
+        return events, 0
+    is_signal = events["label"].to_numpy() > 0.5
+    if not is_signal.any():
+        raise InputFileError(f"{what} {path}: all {len(events)} events are labelled background (label 0); "
+                                "pass a file of signal events or one with signal labelled 1")
+    return events[is_signal].reset_index(drop=True), int((~is_signal).sum())
 
 
 def event_columns(

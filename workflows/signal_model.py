@@ -75,17 +75,10 @@ def load_template(path: str, *, cache_dir: str) -> EventTable:
     Events labelled background (``label`` 0), if the file has labels, are left out: the
     template stands for the signal only. Its ``sources`` say how many were read and dropped.
     """
-    from sideband.pipeline.io import load_events
+    from sideband.pipeline.io import load_events, signal_only
 
     events, source = load_events(path, "auto", cache_dir=Path(cache_dir) / "events")
-    n_background = 0
-    if "label" in events:
-        is_signal = events["label"].to_numpy() > 0.5
-        n_background = int((~is_signal).sum())
-        if not is_signal.any():
-            raise SidebandUserError(f"{_FLAG} {path}: all {len(events)} events are labelled background (label 0); "
-                                    "pass a file of signal events")
-        events = events[is_signal].reset_index(drop=True)
+    events, n_background = signal_only(events, path, _FLAG)
     key = cache_key("template", TEMPLATE_VERSION, source.content_hash)
     target = Path(cache_dir) / f"signal-template-{key}.parquet"
     if not target.exists():

@@ -196,15 +196,9 @@ def _load(rec: dict, signal_path: str | None):
     bkg = labels < 0.5 if labels is not None else np.ones(len(X), bool)
     X_sig = None
     if signal_path:
-        from sideband.pipeline.io import read_events
+        from sideband.pipeline.io import read_events, signal_only
 
-        sig = read_events(signal_path)[0]
-        if "label" in sig:  # a labelled mixed file (e.g. LHC Olympics R&D): its signal events only
-            sig = sig[sig["label"].to_numpy() > 0.5]
-            if sig.empty:
-                raise SidebandUserError(f"{signal_path}: every event is labelled background (label 0); pass a "
-                                        "file of signal events or one with signal labelled 1")
-        X_sig = sig[feats].to_numpy(np.float32)
+        X_sig = signal_only(read_events(signal_path)[0], signal_path, "--signal")[0][feats].to_numpy(np.float32)
     elif labels is not None and (labels > 0.5).any():
         X_sig = X[labels > 0.5]
     return det, X[bkg], X_sig
