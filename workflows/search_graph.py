@@ -69,9 +69,9 @@ def _spec(cfg: Config, name: str, device: str, stage: str) -> tuple[DetectorSpec
 
 
 def _stage_nodes(g: Graph, cfg: Config, table: Ref, windows: list[Window], name: str, *, device: str, cache: Path,
-                 data_id: dict) -> dict[str, tuple[Ref, bool]]:
-    """The sideband-stage nodes of one detector, by window name (with whether the stage is
-    shared): one per window, or with ``shared_stage`` one per group of :func:`stage_groups`
+                 data_id: dict) -> dict[str, Ref]:
+    """The sideband-stage nodes of one detector, by window name: one per window, or with
+    ``shared_stage`` one per group of :func:`stage_groups`
     (each window's SR excluded from the training of the stage that serves it; a window alone
     in its group keeps its own, unshared stage)."""
     cls = load_detector_class(name)
@@ -92,16 +92,15 @@ def _stage_nodes(g: Graph, cfg: Config, table: Ref, windows: list[Window], name:
                          {"table": table, "spec": pspec, "windows": grp, "seed": cfg.seed,
                           "state_path": str(cache / f"prepare-{pkey}.pkl")},
                          kind="prepare", resources=pgpu, cache=str(cache / f"prepare-{pkey}.json")))
-        stages.update({w.name: (ref, len(grp) > 1) for w in grp})
+        stages.update({w.name: ref for w in grp})
     return stages
 
 
 def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, device: str, cache: Path,
-                    data_id: dict, stage: tuple[Ref, bool] | None = None,
+                    data_id: dict, stage: Ref | None = None,
                     template: tuple[Ref, str] | None = None) -> tuple[Ref, Ref | None]:
-    """Folds and merge of one (window, detector) on its sideband ``stage`` (if any: the node and
-    whether it is shared by several windows); returns the
-    merged scores, and the signal template's scores by the same fold models when there is a
+    """Folds and merge of one (window, detector) on its sideband ``stage`` node (if any); returns
+    the merged scores, and the signal template's scores by the same fold models when there is a
     ``template`` (its load node and content hash)."""
     cls = load_detector_class(name)
     det = cfg.detectors[name]
@@ -109,19 +108,17 @@ def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, 
     spec, gpu = _spec(cfg, name, device, "fit")
     # A signal template is scored by the fold models, so every detector's folds are asked to keep them
     # (train_fold saves a model wherever it gets a model_path); the key says so, a cached fold without
-    # models is not reused. A shared sideband stage is another stage, so another key.
+    # models is not reused. The stage's key is part of the folds' own: a stage that changes (its device,
+    # its group of windows: shared or not) while the fold parameters do not must not leave folds trained
+    # on the old stage in the cache.
     keep = cls.keeps_model or template is not None
-    shared = stage is not None and stage[1]
-    extra = (() if keep == cls.keeps_model else ("keep models",)) + (("shared stage",) if shared else ())
-    # the stage's key is part of the folds' own: a stage that changes (its device, its group of windows)
-    # while the fold parameters do not must not leave folds trained on the old stage in the cache
-    extra += (stage[0].key,) if stage is not None else ()
+    extra = (() if keep == cls.keeps_model else ("keep models",)) + ((stage.key,) if stage is not None else ())
     tkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, spec.params, feats, det.folds, *extra)
     folds = []
     for k in range(det.folds):
         model = str(cache / "models" / f"{name}-{w.name}-f{k}-{tkey}") if keep else None
         folds.append(g.add(Node(f"train-{name}-{w.name}-f{k}-{tkey}", train_fold,
-                                {"table": table, "stage": stage and stage[0], "spec": spec, "window": w, "fold": k,
+                                {"table": table, "stage": stage, "spec": spec, "window": w, "fold": k,
                                  "seed": cfg.seed, "model_path": model},
                                 kind="train", resources=gpu, cache=str(cache / f"train-{tkey}-f{k}.npz"))))
     merged = g.add(Node(f"merge-{name}-{w.name}-{tkey}", merge_folds, {"table": table, "folds": folds},
