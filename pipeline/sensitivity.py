@@ -160,8 +160,8 @@ def point_global(doc: dict, *, scan: list[dict], background: dict[str, float], n
 
     ``doc``: the point's results.json (``results`` rows, ``ceilings``, ``point``); the best test
     is taken in the point's signal region (``point["window"]``; the first row's window for
-    records without it), every observed window counts as a trial. One toy run for the inclusive test and the searches; one more per ceiling, with its
-    tests added. Returns
+    records without it), every observed window counts as a trial. One toy run for the
+    inclusive test and the searches; one more per ceiling, with its tests added. Returns
     ``{"n_tests", "n_toys", "windows", "detectors": {name: {"z_global", ..., "n_tests"}}}``.
     """
     rows = doc["results"]
