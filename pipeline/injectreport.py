@@ -20,6 +20,7 @@ from .report import fmt_value, html_page
 from .scanplots import _style, figure_uri, plot_sic_curves, plot_training
 from .scanplots import img_html as _img
 from .scanplots import png_b64 as _png_b64
+from .sensitivity import crossing_text
 
 __all__ = ["write_injection_report", "plot_sensitivity", "plot_signal_map"]
 
@@ -94,8 +95,12 @@ def plot_signal_map(sens: dict, signals: list[dict], level: float = 3.0) -> str 
                 if x is None:
                     continue
                 if x["s_over_sqrt_b"] is not None:
-                    unc = x["uncertainty"] or 0.0
-                    ax.errorbar(i + off, x["s_over_sqrt_b"], yerr=unc, fmt="o", color=f"C{j % 10}", label=det)
+                    lo, hi = x.get("uncertainty_low"), x.get("uncertainty_high")
+                    ax.errorbar(i + off, x["s_over_sqrt_b"], yerr=[[lo or 0.0], [hi or 0.0]], fmt="o",
+                                color=f"C{j % 10}", label=det)
+                    if hi is None and (x.get("bootstrap") or {}).get("band"):  # upper side unbounded
+                        ax.annotate("", xy=(i + off, x["s_over_sqrt_b"] * 1.25), xytext=(i + off, x["s_over_sqrt_b"]),
+                                    arrowprops={"arrowstyle": "->", "color": f"C{j % 10}"})
                 elif (top := tested.get((plan["signal"], det))) is not None:
                     ax.plot(i + off, top, marker="^", ms=10, color=f"C{j % 10}", ls="none")
         ax.set_xticks(range(len(order)))
@@ -143,8 +148,7 @@ def _crossing_text(x: dict | None) -> str:
         frac = (x.get("bootstrap") or {}).get("fraction_crossing")
         extra = f" ({frac:.0%} of bootstrap resamples cross)" if frac else ""
         return f"<small>{html.escape(x['reason'])}{extra}</small>"
-    unc = f" ± {x['uncertainty']:.2f}" if x["uncertainty"] is not None else " (no bootstrap band)"
-    return f"{x['s_over_sqrt_b']:.2f}{unc}"
+    return html.escape(crossing_text(x, ascii_only=False))
 
 
 def _crossings_html(sens: dict) -> str:

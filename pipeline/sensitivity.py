@@ -42,7 +42,7 @@ import numpy as np
 from .lee import global_significance
 
 __all__ = ["background_in_windows", "scan_model", "point_global", "seed_band", "crossing", "sensitivity_curves",
-           "format_sensitivity", "LEVELS", "CONSTRUCTION", "CROSSING_METHOD"]
+           "crossing_text", "format_sensitivity", "LEVELS", "CONSTRUCTION", "CROSSING_METHOD"]
 
 LEVELS = (3.0, 5.0)  #: Z levels whose crossings are reported
 N_BOOT = 1000  #: bootstrap resamples of the seeds per crossing
@@ -56,8 +56,9 @@ CONSTRUCTION = (
     "of fits in the other windows, windows and detectors independent in the toys (conservative). Ceilings: as one "
     "more detector of the scan (their tests join the trials in a separate toy run).")
 CROSSING_METHOD = (f"linear interpolation of the median Z vs the median S/sqrt(B); uncertainty: 16-84% of the "
-                   f"crossing over {N_BOOT} bootstrap resamples of the seeds at every point (resamples whose median "
-                   "curve does not cross are left out; fraction_crossing counts the others)")
+                   f"crossing over {N_BOOT} bootstrap resamples of the seeds at every point, asymmetric (a resample "
+                   "whose median curve does not reach the level counts as a crossing above the largest point, one "
+                   "already above it at the lowest point as one below; a side of the band among those is unbounded)")
 
 
 def background_in_windows(mjj, label, windows: list[dict]) -> dict[str, float]:
@@ -203,27 +204,85 @@ def crossing(x, y, level: float) -> tuple[float | None, str | None]:
     return None, f"not reached: median Z at most {max(p[1] for p in pts):.2f} up to S/sqrt(B) {pts[-1][0]:.2f}"
 
 
+def _band_quantile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, 100 q)`` (linear) of sorted ``values`` that may hold -inf/+inf: a
+    quantile that falls next to an infinite value is that infinite value (an unbounded side)."""
+    pos = q * (len(values) - 1)
+    i, j = int(np.floor(pos)), int(np.ceil(pos))
+    lo, hi, t = values[i], values[j], pos - np.floor(pos)
+    if t == 0 or lo == hi:
+        return float(lo)
+    if np.isfinite(lo) and np.isfinite(hi):
+        return float(lo + t * (hi - lo))
+    return float(lo if not np.isfinite(lo) else hi)
+
+
 def _bootstrap(groups: list[tuple[np.ndarray, np.ndarray]], level: float, seed: int) -> dict:
-    """Crossing of the median curve over resamples of the seeds at every point."""
+    """Crossing of the median curve over resamples of the seeds at every point.
+
+    A resample whose median curve never reaches ``level`` crosses somewhere above the largest
+    injected point (+inf here), one already above it at the lowest point somewhere below (-inf):
+    leaving them out would pull the band inside the tested range. ``band`` holds None on an
+    unbounded side.
+    """
     rng = np.random.default_rng(seed)
     mx, my = [], []
     for xs, ys in groups:
         idx = rng.integers(0, len(ys), size=(N_BOOT, len(ys)))
         mx.append(np.median(xs[idx], axis=1))
         my.append(np.median(ys[idx], axis=1))
-    found = [c for a, b in zip(np.transpose(mx), np.transpose(my)) if (c := crossing(a, b, level)[0]) is not None]
-    band = [float(np.percentile(found, 16)), float(np.percentile(found, 84))] if found else None
-    return {"n_resamples": N_BOOT, "fraction_crossing": len(found) / N_BOOT, "band": band}
+    vals = []
+    for a, b in zip(np.transpose(mx), np.transpose(my)):
+        c, reason = crossing(a, b, level)
+        if c is not None:
+            vals.append(c)
+        elif reason.startswith("already"):
+            vals.append(-np.inf)
+        elif reason.startswith("not reached"):
+            vals.append(np.inf)
+    vals = np.sort(np.asarray(vals, dtype=float))
+    n_found = int(np.isfinite(vals).sum())
+    band = None
+    if n_found:
+        band = [_band_quantile(vals, 0.16), _band_quantile(vals, 0.84)]
+        band = [v if np.isfinite(v) else None for v in band]
+    return {"n_resamples": N_BOOT, "fraction_crossing": n_found / N_BOOT,
+            "fraction_below": float(np.mean(vals == -np.inf)) if vals.size else 0.0,
+            "fraction_above": float(np.mean(vals == np.inf)) if vals.size else 0.0, "band": band}
 
 
 def _crossing_record(groups, level: float, seed: int) -> dict:
+    """The crossing with its bootstrap band: ``uncertainty_low``/``_high`` (None: unbounded on that
+    side) and ``uncertainty``, half the band's width, only where both sides are bounded."""
     value, reason = crossing([float(np.median(x)) for x, _ in groups], [float(np.median(y)) for _, y in groups],
                              level)
     boot = _bootstrap(groups, level, seed) if groups else None
-    unc = None
+    low = high = unc = None
     if value is not None and boot and boot["band"]:
-        unc = 0.5 * (boot["band"][1] - boot["band"][0])
-    return {"level": level, "s_over_sqrt_b": value, "uncertainty": unc, "reason": reason, "bootstrap": boot}
+        lo, hi = boot["band"]
+        low = None if lo is None else max(value - lo, 0.0)
+        high = None if hi is None else max(hi - value, 0.0)
+        if lo is not None and hi is not None:
+            unc = 0.5 * (hi - lo)
+    return {"level": level, "s_over_sqrt_b": value, "uncertainty": unc, "uncertainty_low": low,
+            "uncertainty_high": high, "reason": reason, "bootstrap": boot}
+
+
+def crossing_text(x: dict, ascii_only: bool = True) -> str:
+    """'1.79 +0.05 -0.08' (or '+unbounded' with the share of resamples that do not reach the level)."""
+    v = x["s_over_sqrt_b"]
+    if v is None:
+        return x["reason"]
+    boot = x.get("bootstrap") or {}
+    if not boot.get("band"):
+        return f"{v:.2f} (no bootstrap band)"
+    lo, hi = x.get("uncertainty_low"), x.get("uncertainty_high")
+    minus = "-" if ascii_only else "\u2212"
+    up = (f"+{hi:.2f}" if hi is not None
+          else f"+unbounded ({boot.get('fraction_above', 0):.0%} of resamples do not reach it)")
+    down = (f"{minus}{lo:.2f}" if lo is not None
+            else f"{minus}unbounded ({boot.get('fraction_below', 0):.0%} of resamples start above it)")
+    return f"{v:.2f} {up} {down}"
 
 
 def _seed_values(points: list[dict], det: str, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -285,8 +344,7 @@ def format_sensitivity(sens: dict) -> str:
     lines.append("")
     lines.append(f"crossings ({sens['crossing_method']}):")
     for x in sens["crossings"]:
-        what = (f"S/sqrtB = {x['s_over_sqrt_b']:.2f}" + (f" +- {x['uncertainty']:.2f}" if x["uncertainty"] is not None
-                                                       else "") if x["s_over_sqrt_b"] is not None else x["reason"])
+        what = f"S/sqrtB = {crossing_text(x)}" if x["s_over_sqrt_b"] is not None else x["reason"]
         lines.append(f"  {x['signal'].rsplit('/', 1)[-1][:24]:<24} {x['detector']:<11} {x['statistic']:<6} "
                      f"Z={x['level']:g}: {what}")
     return "\n".join(lines)

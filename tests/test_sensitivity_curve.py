@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sideband.pipeline.regions import scan_windows
-from sideband.pipeline.sensitivity import (background_in_windows, crossing, point_global, scan_model,
+from sideband.pipeline.sensitivity import (background_in_windows, crossing, crossing_text, point_global, scan_model,
                                            sensitivity_curves)
 from sideband.workflows.inject import summarise_points
 
@@ -151,3 +151,20 @@ def test_a_blind_scan_outside_the_fit_range_is_a_user_error(tmp_path):
                             "detectors": {"cwola": {}}, "compute": {"scheduler": "synchronous"}})  # SR to 6040 GeV
     with pytest.raises(SidebandUserError, match=r"^regions\.scan: .*set regions\.scan\.range inside fit\.range"):
         run_injection(cfg, tmp_path / "out", counts=[0], seeds=1, signals=[str(sig)])
+
+
+def test_a_crossing_at_the_top_point_has_an_unbounded_upper_side():
+    """The median curve just reaches 3 at the largest point: a third of the seed resamples never
+    do, so the band is open upwards instead of shrinking to the crossings that exist."""
+    points = [{"signal": "s", "n_inject": n, "seed": k, "s_over_sqrt_b": x,
+               "detectors": {"d": {"z_global": mu + dz, "z_best": mu + dz + 1}}}
+              for n, x, mu in ((100, 1.0, 1.0), (200, 2.0, 2.0), (300, 3.0, 3.05))
+              for k, dz in enumerate((-1.0, -0.5, 0.0, 0.5, 1.0))]
+    x = next(c for c in sensitivity_curves(points)["crossings"] if c["statistic"] == "global" and c["level"] == 3.0)
+    assert x["s_over_sqrt_b"] == pytest.approx(2 + 1 / 1.05)
+    assert 0.2 < x["bootstrap"]["fraction_above"] < 0.45 and x["bootstrap"]["band"][1] is None
+    assert x["uncertainty_high"] is None and x["uncertainty"] is None and x["uncertainty_low"] > 0
+    assert "+unbounded" in crossing_text(x)
+    # a curve whose resamples nearly all cross keeps a two-sided band around the value
+    y = next(c for c in sensitivity_curves(points)["crossings"] if c["statistic"] == "local" and c["level"] == 3.0)
+    assert y["uncertainty_low"] > 0 and y["uncertainty_high"] > 0 and y["bootstrap"]["fraction_crossing"] > 0.9
