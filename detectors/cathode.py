@@ -99,10 +99,13 @@ class Cathode(ClassifierDetector, BaseDetector):
     def stage_identity(cls, params: dict) -> Any:
         # the sideband stage is the flow alone: its settings, where it trains, and the code that
         # trains it (a subclass inheriting fit_sidebands, as LaCATHODE does, shares the stage),
-        # and the number of cross-fitted flows (recorded only when not 1: older stages stay valid)
+        # the number of cross-fitted flows and a seed the user set in params.random_state (each
+        # recorded only when not the default: older stages stay valid)
         ident = [cls.fit_sidebands.__qualname__, params.get("flow_params"), params.get("device", "auto")]
         folds = params.get("sideband_folds", cls.Params.model_fields["sideband_folds"].default)
-        return ident + [{"sideband_folds": folds}] if folds != 1 else ident
+        extra = {**({"sideband_folds": folds} if folds != 1 else {}),
+                 **({"random_state": params["random_state"]} if params.get("random_state") is not None else {})}
+        return ident + [extra] if extra else ident
 
     def __init__(self, *, flow_params=None, oversampling=4.0, model="hgb", n_ensemble=5, hgb_params=None,
                  mlp_params=None, device="auto", random_state=None, sideband_folds=1):

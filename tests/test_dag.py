@@ -215,6 +215,18 @@ def test_folds_on_a_changed_sideband_stage_are_new_nodes(small_h5, fast_config, 
     assert not keys_a & keys_b
 
 
+def test_a_seed_set_in_the_detector_params_is_part_of_the_sideband_stage_key(small_h5, fast_config, tmp_path):
+    """params.random_state seeds the flow: a run with another one must not reuse the cached flow."""
+    def stage_keys(**extra):
+        cathode = {"folds": 2, "params": {"n_ensemble": 1, "flow_params": {"n_transforms": 1, "epochs": 2}, **extra}}
+        cfg = fast_config(small_h5, detectors={"cathode": cathode}, stats={"selections": [0.1]})
+        graph, _ = build_search_graph(cfg, tmp_path)
+        return {n.key for n in graph.nodes.values() if n.kind == "prepare"}
+
+    assert stage_keys(random_state=1) != stage_keys(random_state=2)
+    assert stage_keys() != stage_keys(random_state=1)
+
+
 def test_truth_detectors_in_the_graph(small_h5, fast_config, tmp_path):
     from sideband.pipeline.exceptions import ConfigError
 
