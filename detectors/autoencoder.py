@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from sideband.pipeline.cache import atomic_path
+from sideband.pipeline.exceptions import RegionError
 
 from .base import BaseDetector, DetectorParams, check_fitted, check_inputs, torch_device, torch_seeded
 
@@ -209,7 +210,8 @@ class Autoencoder(BaseDetector):
         use = ((m < lo) | (m >= hi)) if self.train_on == "sidebands" else np.ones(len(X), bool)
         Xt = X[use]
         if len(Xt) < 20:
-            raise ValueError(f"autoencoder: only {len(Xt)} training events")
+            raise RegionError(f"autoencoder: only {len(Xt)} training events ({self.train_on} of SR {lo:g}-{hi:g} GeV), "
+                              "fewer than the 20 it needs; widen the sidebands (regions.sideband_width) or use more data")
         seed = 0 if self.random_state is None else int(self.random_state)
         gen = torch.Generator().manual_seed(seed)
         dev = torch_device(self.device)

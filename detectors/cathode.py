@@ -25,6 +25,8 @@ from pydantic import Field
 
 from ._classifier import ClassifierDetector, ClassifierParams
 from ._flow import ConditionalFlow
+from sideband.pipeline.exceptions import RegionError
+
 from .base import BaseDetector, check_inputs, torch_device
 
 __all__ = ["Cathode", "Detector"]
@@ -158,7 +160,8 @@ class Cathode(ClassifierDetector, BaseDetector):
         lo, hi = signal_region
         sb = (m < lo) | (m >= hi)
         if sb.sum() < 100:
-            raise ValueError(f"CATHODE needs sideband events to train its flow; got {int(sb.sum())}")
+            raise RegionError(f"{self.name}: the sidebands of SR {lo:g}-{hi:g} GeV hold {int(sb.sum())} events, fewer "
+                              "than the 100 its flow needs to train; set regions.sideband_width wider or use more data")
         prep = self._prep_params(X[sb], m[sb])
         x, c = self._forward(X[sb], prep), self._context(m[sb], prep)
         k = int(self.sideband_folds)
@@ -185,7 +188,8 @@ class Cathode(ClassifierDetector, BaseDetector):
         self.flow_history_ = sideband_state["flow"]["history"]
         in_sr = (m >= lo) & (m < hi)
         if in_sr.sum() < 10:
-            raise ValueError(f"{self.name.upper()} needs signal-region events; got {int(in_sr.sum())}")
+            raise RegionError(f"{self.name}: SR {lo:g}-{hi:g} GeV holds {int(in_sr.sum())} training events, fewer than "
+                              "the 10 it needs; widen the window (regions.scan.width) or use more data")
         return in_sr
 
     def _per_fold(self, X, fn) -> np.ndarray:

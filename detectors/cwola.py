@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sideband.pipeline.exceptions import RegionError
+
 from ._classifier import ClassifierDetector
 from .base import BaseDetector, check_inputs
 
@@ -43,7 +45,7 @@ class CWoLaHunting(ClassifierDetector, BaseDetector):
         lo, hi = signal_region
         in_sr = (m >= lo) & (m < hi)
         if in_sr.all() or not in_sr.any():
-            raise ValueError(
+            raise RegionError(
                 f"CWoLa needs events both inside and outside the SR {lo:g}-{hi:g} GeV; got "
                 f"{int(in_sr.sum())} inside and {int((~in_sr).sum())} outside"
             )

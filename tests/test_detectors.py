@@ -6,7 +6,7 @@ from sklearn.base import clone
 
 from sideband.detectors import available_detectors, make_detector
 from sideband.detectors.base import score_events
-from sideband.pipeline.exceptions import ConfigError, NotFittedError
+from sideband.pipeline.exceptions import ConfigError, NotFittedError, RegionError
 
 #: Smallest settings that still train for real, per detector.
 _HGB = {"n_ensemble": 1, "hgb_params": {"max_iter": 10}}
@@ -125,6 +125,18 @@ def test_cathode_sideband_stage_is_reusable():
     samples = a.sample_background(m[(m >= 3300) & (m < 3700)], state["prep"], 500)
     assert samples.shape == (500, 4) and np.isfinite(samples).all()
     assert abs(samples[:, 1].mean()) < 0.3  # flow reproduces the N(0, 1) sideband density roughly
+
+
+def test_too_few_training_events_is_a_region_error_naming_the_window_and_the_fix():
+    """A window whose sidebands are nearly empty is the user's to widen (exit 2), not a crash."""
+    X, m, _ = _data(600)
+    few_sb = (m >= 3290) & (m < 3710)  # SR 3300-3700 plus a handful of sideband events
+    for name in ("cathode", "lacathode", "autoencoder"):
+        params = {**TINY[name], "train_on": "sidebands"} if name == "autoencoder" else TINY[name]
+        with pytest.raises(RegionError, match=r"SR 3300-3700 GeV.*regions\.sideband_width"):
+            make_detector(name, params).fit(X[few_sb][:200], m[few_sb][:200], signal_region=(3300, 3700))
+    with pytest.raises(RegionError, match="inside and outside the SR 3300-3700 GeV"):
+        make_detector("cwola", TINY["cwola"]).fit(X[:50], np.full(50, 3500.0), signal_region=(3300, 3700))
 
 
 def test_flow_bf16_training_keeps_the_fp32_validation_nll():
