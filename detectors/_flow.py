@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .base import torch_seeded
+from .base import torch_rng_isolated, torch_seeded
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def log_prob_per_state(params: dict, n_features: int, states: list[dict], x: np.
     ``params``, evaluated in batches on the CPU in float64."""
     import torch
 
-    flow = _build(n_features, params)
+    with torch_rng_isolated():
+        flow = _build(n_features, params)
     flow.eval()
     x = torch.as_tensor(np.asarray(x, np.float32))
     c = torch.as_tensor(np.asarray(c, np.float32).reshape(-1, 1))
@@ -194,7 +195,8 @@ class ConditionalFlow:
         events the flow describes)."""
         import torch
 
-        flow = _build(self.n_features_, self.params)
+        with torch_rng_isolated():
+            flow = _build(self.n_features_, self.params)
         flow.load_state_dict(self.states_[0])  # states_ are sorted by validation loss
         flow.eval()
         x = np.asarray(x, np.float32)

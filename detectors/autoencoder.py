@@ -32,7 +32,7 @@ from pydantic import Field
 from sideband.pipeline.cache import atomic_path
 from sideband.pipeline.exceptions import RegionError
 
-from .base import BaseDetector, DetectorParams, check_fitted, check_inputs, torch_device, torch_seeded
+from .base import BaseDetector, DetectorParams, check_fitted, check_inputs, torch_device, torch_rng_isolated, torch_seeded
 
 __all__ = ["SCORE_TYPES", "Autoencoder", "Detector", "build_trigger_model"]
 
@@ -295,9 +295,10 @@ class Autoencoder(BaseDetector):
 
         state = torch.load(path, weights_only=False)
         det = cls(**state["params"])
-        det.model_ = build_trigger_model(state["n_features"], state["hidden"], state["latent"],
-                                         variational=bool(state.get("variational", False)),
-                                         score_type=det.score_type)
+        with torch_rng_isolated():
+            det.model_ = build_trigger_model(state["n_features"], state["hidden"], state["latent"],
+                                             variational=bool(state.get("variational", False)),
+                                             score_type=det.score_type)
         missing, unexpected = det.model_.load_state_dict(state["state_dict"], strict=False)
         if unexpected or any(not k.startswith("lat_") for k in missing):
             raise ValueError(f"{path}: not an autoencoder state (missing {missing}, unexpected {unexpected})")

@@ -297,3 +297,14 @@ def torch_seeded(seed: int):
     with _TORCH_RNG:
         torch.manual_seed(int(seed))
         yield
+
+
+@contextmanager
+def torch_rng_isolated():
+    """For building a torch module whose initial weights are overwritten at once (a saved state is
+    loaded into it): its draws take nothing from a :func:`torch_seeded` block running in another
+    thread, and torch's process-wide generator is left as it was."""
+    import torch
+
+    with _TORCH_RNG, torch.random.fork_rng(devices=[]):
+        yield

@@ -157,7 +157,8 @@ def test_flow_bf16_training_keeps_the_fp32_validation_nll():
 
 def test_seeded_torch_draws_do_not_depend_on_other_threads():
     """Dask threads of one worker process train at once: a flow's samples and an MLP's initial
-    weights with a given seed are the same whether or not other threads draw at the same time."""
+    weights with a given seed are the same whether or not other threads draw at the same time
+    (train, or build modules to load a saved state into)."""
     import sys
     import threading
 
@@ -183,7 +184,13 @@ def test_seeded_torch_draws_do_not_depend_on_other_threads():
                 ConditionalFlow({"n_transforms": 1, "hidden": 8, "epochs": 1, "batch_size": 256, "n_average": 1},
                                 seed=seed).fit(x[:200], c[:200])
 
-        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)] + [threading.Thread(target=other_node)]
+        def scoring_node():  # LaCATHODE / R-Anode scoring: builds flows to load saved states into
+            for _ in range(40):
+                flow.transform_to_noise(x[:50], c[:50])
+                flow.log_prob(x[:50], c[:50])
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)] + [
+            threading.Thread(target=other_node), threading.Thread(target=scoring_node)]
         for t in threads:
             t.start()
         for t in threads:
