@@ -42,6 +42,7 @@ import numpy as np
 from scipy import stats
 
 from .stats import z_on_off_counts
+from .verdict import observed_z, problem
 
 __all__ = ["global_significance"]
 
@@ -138,7 +139,9 @@ def global_significance(rows: list[dict], n_toys: int = 20_000, seed: int = 0, *
     n ~ Poisson(b) and sideband measurement m ~ Poisson(b^2 / sigma_b^2), nested selections
     by binomial thinning (:func:`_draw`), and evaluates every test's on/off Z; the observed Z
     compared with it is the row's ``z_local_asymptotic`` (else ``z_local``), the same
-    statistic. Different detectors and windows, and the sideband measurements, are drawn
+    statistic (:func:`~.verdict.observed_z`). The tests are the rows without a
+    :func:`~.verdict.problem` (usable fit, a background prediction, a local Z): the ones the
+    verdict counts. Different detectors and windows, and the sideband measurements, are drawn
     independently, which overstates the trials factor somewhat (conservative).
 
     ``n_toys`` toys are always drawn; while an observed Z is reached by fewer than
@@ -148,17 +151,15 @@ def global_significance(rows: list[dict], n_toys: int = 20_000, seed: int = 0, *
     neither applies, the bound 1 / (toys drawn). p is made non-increasing in the observed Z
     (a row that takes the p of a lower Z is flagged a bound) and never below the row's local
     ``p0`` (a row at that floor is flagged a bound: its global Z is at most its local Z). Sets ``p_global``, ``z_global``, ``z_global_method`` and
-    ``z_global_is_bound`` on the rows with a local Z and an expected background; returns
+    ``z_global_is_bound`` on those rows; returns
     a summary (toys drawn, tail thresholds and measured upcrossings, max-Z quantiles).
     Deterministic for a fixed ``seed``.
     """
-    tests = [r for r in rows if r.get("z_local") is not None and r.get("n_expected_sr") is not None]
+    tests = [r for r in rows if problem(r) is None]
     if not tests or n_toys <= 0:
         return {"n_toys": 0, "n_tests": len(tests), "max_z_quantiles": None}
     k = len(tests)
-    z_obs = np.array([float(r["z_local"] if r.get("z_local_asymptotic") is None else r["z_local_asymptotic"])
-                      for r in tests])
-    z_obs = np.nan_to_num(z_obs, nan=0.0, posinf=40.0)  # NaN: no excess
+    z_obs = np.minimum(np.array([observed_z(r) for r in tests]), 40.0)
     model = _model(tests)
     cap = max(n_toys, min(max_toys, max_draws // k))
     chunk = max(1, 2**20 // k)  # ~8 MB per (toys x tests) array

@@ -38,6 +38,7 @@ def write_run(outputs: list[WindowTests], table: EventTable, *, meta: dict, out_
     """
     from .lee import global_significance
     from .report import plot_spectra, write_html_report, write_results
+    from .verdict import problem
 
     out = Path(out_dir)
     per_output = [[r.to_dict() for r in o.rows] for o in outputs]
@@ -46,10 +47,10 @@ def write_run(outputs: list[WindowTests], table: EventTable, *, meta: dict, out_
     if not meta.get("blinded", True):
         trials = [r for r in rows if r["detector"] not in ceilings]
         lee = global_significance(trials, int(stats.global_toys), seed=int(meta.get("seed") or 0))
-        excluded = [r for r in trials if r["z_local"] is None or r["n_expected_sr"] is None]
-        for r in excluded:  # a failed test is not a trial of the maximum, and says so
-            r["flags"] = [*r["flags"], "not in the look-elsewhere maximum (no background prediction)"]
-        lee["excluded"] = [f"{r['detector']} {r['selection']:g} {r['window']}: {r['status']}" for r in excluded]
+        excluded = [(r, why) for r in trials if (why := problem(r)) is not None]
+        for r, why in excluded:  # a failed test is not a trial of the maximum, and says so
+            r["flags"] = [*r["flags"], f"not in the look-elsewhere maximum ({why})"]
+        lee["excluded"] = [f"{r['detector']} {r['selection']:g} {r['window']}: {why}" for r, why in excluded]
     shown = [{"rows": output_rows, "spectra": list(o.spectra)} for output_rows, o in zip(per_output, outputs)]
     plots = plot_spectra(shown, out / "plots")
     metrics = [o.metrics | {"ceiling": o.metrics["detector"] in ceilings} for o in outputs if o.metrics]

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["verdict", "best_test", "searches", "problem", "poor_fit", "short_label", "mass_text",
+__all__ = ["verdict", "best_test", "searches", "problem", "observed_z", "poor_fit", "short_label", "mass_text",
            "estimated_mass", "fitted_signal", "z_global_text", "window_summary", "FIT_P_MIN", "Z_EXCESS"]
 
 FIT_P_MIN = 0.01  #: sideband fits with a chi2 p-value below this are flagged (here and in results' flags)
@@ -62,14 +62,29 @@ def searches(doc: dict) -> list[dict]:
     return [r for r in doc.get("results", []) if r.get("detector") not in ceilings]
 
 
+def observed_z(row: dict) -> float | None:
+    """The local Z the look-elsewhere correction compares with its toys: ``z_local_asymptotic``
+    (the on/off statistic the toys draw) where it is a number, else ``z_local``; +inf is kept
+    (the correction caps it); None when neither is a number."""
+    for key in ("z_local_asymptotic", "z_local"):
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
+            return float(v)
+    return None
+
+
 def problem(row: dict, blinded: bool = False) -> str | None:
-    """Why ``row`` has no valid test (failed or unconverged fit, no Z), or None when it has one."""
+    """Why ``row`` has no valid test (failed or unconverged fit, no Z), or None when it has one.
+
+    The one predicate for "a trial of the look-elsewhere maximum" (unblinded): the correction
+    counts exactly the rows without a problem, and the verdict names the others.
+    """
     status = str(row.get("status", "ok"))
     if status not in _USABLE:
         return status
     if row.get("n_expected_sr") is None:
         return "no background prediction"
-    if not blinded and _num(row.get("z_local")) is None:
+    if not blinded and observed_z(row) is None:
         return "no local Z"
     return None
 

@@ -196,3 +196,20 @@ def test_toy_counts_of_nested_selections_are_subsets(monkeypatch):
     # each marginal is still Poisson(b): mean and variance b
     b = np.array([r["n_expected_sr"] for r in demo])
     assert np.allclose(n.mean(axis=0), b, rtol=0.02) and np.allclose(n.var(axis=0), b, rtol=0.05)
+
+
+def test_a_test_without_an_asymptotic_z_takes_its_local_z_and_unusable_fits_are_not_trials():
+    """The correction counts the rows the verdict counts: a NaN asymptotic Z beside a finite toy Z
+    is that Z (not 'no excess'); a fit that did not converge is not a trial of the maximum."""
+    from sideband.pipeline.verdict import problem
+
+    base = {"n_expected_sr": 100.0, "n_expected_sr_unc": 5.0}
+    nan_asym = {**base, "z_local": 3.5, "z_local_asymptotic": float("nan")}
+    unconverged = {**base, "z_local": 4.0, "z_local_asymptotic": 4.0, "status": "fit not converged"}
+    quiet = {**base, "z_local": 0.0, "z_local_asymptotic": 0.0}
+    info = global_significance([nan_asym, unconverged, quiet], n_toys=20_000)
+    assert info["n_tests"] == 2
+    assert 2.5 < nan_asym["z_global"] <= 3.5 and nan_asym["z_global_method"] == "toys"
+    assert "z_global" not in unconverged and problem(unconverged) == "fit not converged"
+    neither = {**base, "z_local": float("nan"), "z_local_asymptotic": None}
+    assert problem(neither) == "no local Z" and global_significance([neither], n_toys=100)["n_tests"] == 0
