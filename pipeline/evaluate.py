@@ -65,6 +65,7 @@ class _Background:
     converged: bool
     extra: dict
     model: object = None  # the fitted model (the GP's pseudo-experiments start from it)
+    at_bound: tuple[str, ...] = ()  # fitted hyperparameters at a bound of their range (a finding, flagged)
 
 
 def _background(edges, counts, sr_bins, fit: FitConfig) -> _Background:
@@ -76,7 +77,7 @@ def _background(edges, counts, sr_bins, fit: FitConfig) -> _Background:
         pred = gp_predict(edges, counts, ~sr_bins, sr_bins, n_params_options=n_params, alpha=fit.ftest_alpha)
         summary = pred.summary()
         return _Background(pred.b, pred.sigma, np.asarray(pred.expected), summary | {"background": "gp"},
-                           bool(pred.converged), {"gp": summary}, pred)
+                           bool(pred.converged), {"gp": summary}, pred, tuple(pred.at_bound))
     from .fits import predict_background
 
     pred = predict_background(edges, counts, ~sr_bins, sr_bins, n_params, fit.ftest_alpha)
@@ -133,6 +134,8 @@ def _test(base: TestResult, edges, counts, sr_bins, *, fit: FitConfig, stats_cfg
         flags.append(f"fit p < {FIT_P_MIN:g} (chi2 {bkg.fit_summary['chi2']:.1f}/{bkg.fit_summary['ndf']})")
     if not bkg.converged:
         flags.append("fit not converged")
+    if bkg.at_bound:
+        flags.append(f"GP hyperparameter at bound: {', '.join(bkg.at_bound)}")
     fields = dict(bkg.extra, flags=tuple(flags), n_expected_sr=bkg.b, n_expected_sr_unc=bkg.sigma, fit=bkg.fit_summary,
                   upper_limit_expected=sig.upper_limit_expected, limit_method=sig.limit_method,
                   upper_limit_expected_band=getattr(sig, "upper_limit_expected_band", None),

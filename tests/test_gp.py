@@ -146,3 +146,18 @@ def test_kernel_gradient_matches_finite_differences():
         num = (k.clone_with_theta(k.theta + d)(X) - k.clone_with_theta(k.theta - d)(X)) / 2e-6
         assert np.allclose(num, grad[..., i], rtol=1e-5, atol=1e-9 * np.abs(grad[..., i]).max())
     assert np.allclose(np.diag(k(X)), k.diag(X))
+
+
+def test_a_test_whose_gp_hyperparameter_sits_at_a_bound_is_flagged_in_its_row():
+    """The bound is a finding the user sees in results.json and the report, not only in the log."""
+    from sideband.pipeline.config import FitConfig, StatsConfig
+    from sideband.pipeline.evaluate import _test
+    from sideband.pipeline.records import TestResult
+
+    counts = np.round(_shape(12.0, 5.0) / _shape(12.0, 5.0)[0] * 1e6)
+    sr = np.abs(CENTERS - 3500) < 350
+    base = TestResult(window="3150-3850", sr=(3150.0, 3850.0), detector="none", selection=1.0, n_selected=None,
+                      n_selected_sidebands=int(counts[~sr].sum()), n_observed_sr=int(counts[sr].sum()))
+    row, _ = _test(base, EDGES, counts, sr, fit=FitConfig(background="gp"), stats_cfg=StatsConfig(), blind=True,
+                   seed=0)
+    assert any(f.startswith("GP hyperparameter at bound:") and "amplitude" in f for f in row.flags)
