@@ -100,6 +100,7 @@ def _csv(rows):
     (_csv(_rows()[:-1] + [(3900, 3850, 10)]), "high 3850 <= low 3900"),  # inverted bin
     (_csv(_rows(5)), "5 bins; a fit needs at least 6"),  # fewer bins than parameters
     (_csv([(a, b, 0) for a, b, _ in _rows()]), "cannot be fitted"),  # nothing to fit
+    (_csv(_rows()).replace(",1000\n", ",1000,7\n", 1), "line 2 has more fields than the header"),  # a stray field
 ])
 def test_bad_csv_is_a_user_error(tmp_path, capsys, content, match):
     (tmp_path / "bad.csv").write_text(content)
@@ -123,3 +124,9 @@ def test_unusable_out_or_binary_csv_is_a_user_error_before_fitting(tmp_path, cap
     assert main(["fit-spectrum", "--csv", str(tmp_path / "b.csv"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a text CSV" in err and len(err.splitlines()) == 1
+
+
+def test_a_csv_saved_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    """Spreadsheets write UTF-8 with a BOM: the first column is still 'low'."""
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + _csv(_rows()).encode())
+    assert main(["fit-spectrum", "--csv", str(tmp_path / "bom.csv"), "--out", str(tmp_path / "o")]) == 0

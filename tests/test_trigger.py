@@ -127,6 +127,14 @@ def test_choose_precisions_from_a_profile():
         choose_precisions(profile, max_bits=6)
 
 
+@pytest.mark.parametrize("bad", ["ap_fixed<16>", "ap_fixed<a,6>", "ap_fixed<8,12>", "ap_fixed<80,6>",
+                                 "ap_fixed<16,0>"])
+def test_a_malformed_precision_is_a_user_error(bad):
+    assert parse_fixed("ap_fixed<16, 6>") == (16, 6, True) and parse_fixed("ap_ufixed<16,0,AP_RND>") == (16, 0, False)
+    with pytest.raises(SidebandUserError, match=r"precision .*ap_fixed<16,6>"):
+        parse_fixed(bad)
+
+
 def test_int_bits_holds_the_range_and_no_more():
     assert int_bits(1.99) == 2 and int_bits(2.0) == 3  # signed: [-2, 2) and [-4, 4)
     assert int_bits(1.99, signed=False) == 1 and int_bits(0.5, signed=False) == 0

@@ -37,10 +37,14 @@ def read_spectrum_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if path.is_dir():
         raise InputFileError(f"{path}: is a directory, expected a CSV file; pass the file with --csv")
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's BOM is not a column name
             reader = csv.DictReader(f)
             cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-            rows = [{k.strip().lower(): v for k, v in r.items()} for r in reader]
+            rows = []
+            for line, r in enumerate(reader, start=2):
+                if None in r:  # more fields than the header names
+                    raise InputFileError(f"{path}: line {line} has more fields than the header {cols}; fix the CSV")
+                rows.append({k.strip().lower(): v for k, v in r.items()})
     except UnicodeDecodeError:
         raise InputFileError(f"{path}: not a text CSV (not UTF-8); pass a low,high,count CSV with --csv") from None
     except OSError as exc:

@@ -328,7 +328,7 @@ def format_trigger_report(r: dict) -> str:
     for m in r["rate_menu"]:
         acc = f"{m['acceptance']:.2e} [{m['acceptance_lo']:.1e}, {m['acceptance_hi']:.1e}]"
         hz = f"{m['rate_hz']:.3g} [{m['rate_hz_lo']:.2g}, {m['rate_hz_hi']:.2g}]"
-        lines.append(f"             {m['target']:<8.0e} {m['threshold']:<10.4g} {m['n_above']:<6d} {acc:<30} {hz:<28} "
+        lines.append(f"             {m['target']:<8g} {m['threshold']:<10.4g} {m['n_above']:<6d} {acc:<30} {hz:<28} "
                      f"{f(m['signal_acceptance'], '.3g')}")
     lines += [f"  WARNING: {w}" for w in r["warnings"]]
     lines += [

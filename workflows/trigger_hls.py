@@ -104,8 +104,17 @@ def parse_fixed(precision: str) -> tuple[int, int, bool]:
     head, _, rest = precision.strip().partition("<")
     if head not in ("ap_fixed", "ap_ufixed") or not rest.endswith(">"):
         raise SidebandUserError(f"precision {precision!r}: expected ap_fixed<W,I> or ap_ufixed<W,I>")
-    parts = rest[:-1].split(",")
-    return int(parts[0]), int(parts[1]), head == "ap_fixed"
+    parts = [p.strip() for p in rest[:-1].split(",")]
+    try:
+        width, ibits = int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        raise SidebandUserError(f"precision {precision!r}: expected ap_fixed<W,I> with integers W and I, "
+                                "e.g. ap_fixed<16,6>") from None
+    signed = head == "ap_fixed"
+    if not (0 < width <= 64 and int(signed) <= ibits <= width):
+        raise SidebandUserError(f"precision {precision!r}: needs W <= 64 total bits and I integer bits with "
+                                f"{int(signed)} <= I <= W{' (the sign bit is one)' if signed else ''}, e.g. ap_fixed<16,6>")
+    return width, ibits, signed
 
 
 def int_bits(max_abs: float, *, signed: bool = True, headroom_bits: int = 0) -> int:
