@@ -60,7 +60,16 @@ def fmt_value(v, spec: str, missing: str = "-") -> str:
     return missing if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
-def format_table(rows: list[dict]) -> str:
+def _ul(cl: float) -> str:
+    """'UL95' for a 95% CL limit column (the run's stats.cl)."""
+    return f"UL{100 * cl:g}"
+
+
+def _cl_of(doc: dict) -> float:
+    return float(((doc.get("config") or {}).get("stats") or {}).get("cl") or 0.95)
+
+
+def format_table(rows: list[dict], cl: float = 0.95) -> str:
     """A plain-text table, one line per window x detector x selection, with the sideband-fit p-value.
 
     Marks: ``!`` after a fit p-value below 0.01 (:data:`.verdict.FIT_P_MIN`), ``t`` after a Z
@@ -70,7 +79,7 @@ def format_table(rows: list[dict]) -> str:
     from .verdict import FIT_P_MIN, poor_fit, z_global_text
 
     head = (f"{'window [GeV]':<13} {'detector':<11} {'sel':>7} {'n_sel':>8} {'B_exp (SR)':>16} "
-            f"{'obs (SR)':>8} {'Z_local':>7} {'Z_glob':>7} {'UL95':>8} {'UL95 exp':>8} {'fit p':>7}  fit")
+            f"{'obs (SR)':>8} {'Z_local':>7} {'Z_glob':>7} {_ul(cl):>8} {_ul(cl) + ' exp':>8} {'fit p':>7}  fit")
     lines = [head, "-" * len(head)]
     for r in rows:
         b = r.get("n_expected_sr")
@@ -108,21 +117,21 @@ def format_summary(doc: dict) -> str:
     :func:`format_signal_table` with a signal model)."""
     from .verdict import verdict
 
-    text = verdict(doc) + "\n\n" + format_table(doc["results"])
+    text = verdict(doc) + "\n\n" + format_table(doc["results"], _cl_of(doc))
     if doc.get("signal_model"):
-        text += "\n\n" + format_signal_table(doc["results"], doc["signal_model"])
+        text += "\n\n" + format_signal_table(doc["results"], doc["signal_model"], _cl_of(doc))
     return text
 
 
-def format_signal_table(rows: list[dict], info: dict) -> str:
+def format_signal_table(rows: list[dict], info: dict, cl: float = 0.95) -> str:
     """The signal template per test: efficiency through the selection (SR, same threshold as
     the data), CLs limits on produced signal events (SR limit / efficiency) and the median
     expected discovery Z for ``info['signal_events']`` produced events."""
     head = (f"{'window [GeV]':<13} {'detector':<11} {'sel':>7} {'sig. eff.':>17} {'S exp (SR)':>10} "
-            f"{'Z exp':>6} {'UL95 prod':>10} {'UL95 prod exp [-1s, +1s]':>30}")
+            f"{'Z exp':>6} {_ul(cl) + ' prod':>10} {_ul(cl) + ' prod exp [-1s, +1s]':>30}")
     title = (f"signal model {info['path']}: {info['n_events']} template events; Z exp for "
              f"{info['signal_events']:g} produced signal events ({info['signal_events_from']}); "
-             "UL95 prod: limits on produced signal events")
+             f"{_ul(cl)} prod: {100 * cl:g}% CL limits on produced signal events")
     lines = [title, head, "-" * len(head)]
     for r in rows:
         eff = r.get("signal_efficiency")
@@ -199,13 +208,14 @@ _LEGEND = ("! sideband fit χ² p-value < 0.01: background model doubtful in thi
            "Struck-through rows: no usable background fit, not in the look-elsewhere maximum. "
            "Bold row: the test the verdict quotes. Global Z prefixed by &gt; or ≤ is a bound.")
 _SIGNAL_LEGEND = (" Signal model: eff. = template events in the SR passing the selection (the data's threshold) / "
-                  "template events, ± binomial error; UL95 prod. = CLs limits on produced signal events (SR limit / "
+                  "template events, ± binomial error; {ul} prod. = CLs limits on produced signal events (SR limit / "
                   "eff.); Z exp. = median expected discovery Z for {n} produced events.")
-_SIGNAL_COLS = [("signal_efficiency", "sig. eff.", ".3g"), ("signal_upper_limit", "UL95 prod. obs.", ".4g"),
-                ("signal_upper_limit_expected", "UL95 prod. exp.", ".4g"), ("signal_z_expected", "Z exp.", ".2f")]
+_SIGNAL_COLS = [("signal_efficiency", "sig. eff.", ".3g"), ("signal_upper_limit", "{ul} prod. obs.", ".4g"),
+                ("signal_upper_limit_expected", "{ul} prod. exp.", ".4g"), ("signal_z_expected", "Z exp.", ".2f")]
 
 
-def _table_html(rows: list[dict], best: dict | None = None, ceilings=(), blinded: bool = False) -> str:
+def _table_html(rows: list[dict], best: dict | None = None, ceilings=(), blinded: bool = False,
+                cl: float = 0.95) -> str:
     """All tests, with the fit p-value column and the flag classes (best, poor fit, failed, ceiling)."""
     import html
 
@@ -214,13 +224,14 @@ def _table_html(rows: list[dict], best: dict | None = None, ceilings=(), blinded
     cols = [("window", "window [GeV]", None), ("detector", "detector", None), ("selection", "selection", ".3g"),
             ("n_selected", "selected", "d"), ("n_expected_sr", "B exp. (SR)", ".1f"),
             ("n_expected_sr_unc", "± unc.", ".1f"), ("n_observed_sr", "observed (SR)", "d"),
-            ("z_local", "Z local", ".2f"), ("upper_limit", "UL95 obs.", ".1f"),
-            ("upper_limit_expected", "UL95 exp.", ".1f")]
+            ("z_local", "Z local", ".2f"), ("upper_limit", "{ul} obs.", ".1f"),
+            ("upper_limit_expected", "{ul} exp.", ".1f")]
     if any("z_global" in r for r in rows):
         cols.insert(8, ("z_global", "Z global", ".2f"))
     signal = [r for r in rows if r.get("signal_template_events") is not None]
     if signal:
         cols += _SIGNAL_COLS
+    cols = [(key, label.format(ul=_ul(cl)), spec) for key, label, spec in cols]
     head = "".join(f"<th>{html.escape(c[1])}</th>" for c in cols) + "<th>fit p</th><th>fit</th>"
     body = []
     for r in rows:
@@ -253,7 +264,7 @@ def _table_html(rows: list[dict], best: dict | None = None, ceilings=(), blinded
                                ("ceiling", r.get("detector") in ceilings)) if on]
         body.append(f"<tr class=\"{' '.join(cls)}\">" if cls else "<tr>")
         body[-1] += "".join(cells) + "</tr>"
-    legend = _LEGEND + (_SIGNAL_LEGEND.format(n=f"{signal[0]['signal_events']:g}") if signal else "")
+    legend = _LEGEND + (_SIGNAL_LEGEND.format(n=f"{signal[0]['signal_events']:g}", ul=_ul(cl)) if signal else "")
     return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"<p class='legend'>{legend}</p>")
 
@@ -336,7 +347,7 @@ def write_html_report(out_dir: Path) -> Path:
     if (fig := plot_fit_quality(rows, blinded)) is not None:
         sections.append(("Sideband fit quality", _img(figure_uri(fig), "χ² p-value of each sideband fit vs mass",
                                                       wide=True)))
-    sections.append(("All tests", _table_html(doc["results"], best, doc.get("ceilings") or (), blinded)))
+    sections.append(("All tests", _table_html(doc["results"], best, doc.get("ceilings") or (), blinded, _cl_of(doc))))
     sections.append(("Run", _run_info_html(doc)))
     metrics = doc.get("detector_metrics") or []
     windows = sorted({m["window"] for m in metrics})

@@ -280,6 +280,8 @@ def test_format_table_without_flags_has_no_legend():
     rows = [r for r in _scan_rows(False) if r["window"] == "2900-3300"]
     text = format_table(rows)
     assert "!" not in text and len(text.splitlines()) == 2 + len(rows)
+    assert "UL95 exp" in text.splitlines()[0]
+    assert "UL90 exp" in format_table(rows, cl=0.9).splitlines()[0]  # the run's stats.cl, not a fixed 95
 
 
 # ----------------------------------------------------------------------------- plots
