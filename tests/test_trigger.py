@@ -208,6 +208,25 @@ def test_bad_arguments_are_user_errors(exported, tmp_path):
         export_trigger(run, tmp_path, rate=0.01, prescale=0.5)
 
 
+def test_an_interrupted_re_export_leaves_no_stale_report(exported, tmp_path, monkeypatch):
+    """The report marks a complete export: one cut off after the new ONNX model does not keep the
+    old report beside it."""
+    import sideband.workflows.trigger as trig
+
+    run, _ = exported
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "trigger_report.json").write_text("{}")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trig, "_latency", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_trigger(run, out, rate=0.02, hls=False)
+    assert (out / "trigger_model.onnx").exists() and not (out / "trigger_report.json").exists()
+
+
 def test_export_from_a_run_without_autoencoder_is_a_user_error(tmp_path, capsys):
     (tmp_path / "results.json").write_text("{}")
     assert main(["export-trigger", "--run", str(tmp_path)]) == 2

@@ -267,6 +267,9 @@ def export_trigger(run_dir: str | Path, out_dir: str | Path, *, rate: float = 1e
     at = next(r for r in menu if r["target"] == float(rate))
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The report, written last, marks a complete export: a stale one must not describe the files
+    # an interrupted re-export leaves behind (a new ONNX model beside an old HLS project).
+    (out_dir / "trigger_report.json").unlink(missing_ok=True)
     onnx_path = out_dir / "trigger_model.onnx"
     with atomic_path(onnx_path, ".onnx") as tmp:
         _onnx(model, len(feats), tmp)
