@@ -95,7 +95,8 @@ class EventSource:
 
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        raise InputFileError(f"{path}: no such file; check the path (e.g. the --data argument)")
+        raise InputFileError(f"{path}: no such file; check the path where it is given "
+                             "(--data, --signal or the config's data keys)")
     if path.is_dir():
         raise InputFileError(f"{path}: is a directory, expected an HDF5 or ROOT file; pass the file inside it")
     if path.stat().st_size == 0:
