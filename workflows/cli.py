@@ -296,10 +296,10 @@ def main(argv: list[str] | None = None) -> int:
               "run the same command again to resume", file=sys.stderr)
         return EXIT_TERMINATED if exc.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        graph = args.command in ("search", "inject")  # commands that run a cached graph
-        print("sideband: interrupted; " + ("finished nodes are cached, run the same command again to resume" if graph
-                                           else "nothing of this command was kept complete; run it again"),
-              file=sys.stderr)
+        kept = {"search": "finished nodes are cached", "inject": "finished nodes are cached",
+                "generate": "finished chunks are kept"}.get(args.command)
+        print("sideband: interrupted; " + (f"{kept}, run the same command again to resume" if kept
+                                           else "its outputs are incomplete; run it again"), file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one place that turns a crash into one line and a log
         path = _crash_log(args)
