@@ -65,10 +65,6 @@ def _ul(cl: float) -> str:
     return f"UL{100 * cl:g}"
 
 
-def _cl_of(doc: dict) -> float:
-    return float(((doc.get("config") or {}).get("stats") or {}).get("cl") or 0.95)
-
-
 def format_table(rows: list[dict], cl: float = 0.95) -> str:
     """A plain-text table, one line per window x detector x selection, with the sideband-fit p-value.
 
@@ -115,11 +111,12 @@ def _z_text(r: dict, hidden: str) -> str:
 def format_summary(doc: dict) -> str:
     """The terminal summary of a search: the verdict sentence, then :func:`format_table` (and
     :func:`format_signal_table` with a signal model)."""
-    from .verdict import verdict
+    from .verdict import confidence_level, verdict
 
-    text = verdict(doc) + "\n\n" + format_table(doc["results"], _cl_of(doc))
+    cl = confidence_level(doc)
+    text = verdict(doc) + "\n\n" + format_table(doc["results"], cl)
     if doc.get("signal_model"):
-        text += "\n\n" + format_signal_table(doc["results"], doc["signal_model"], _cl_of(doc))
+        text += "\n\n" + format_signal_table(doc["results"], doc["signal_model"], cl)
     return text
 
 
@@ -318,7 +315,7 @@ def write_html_report(out_dir: Path) -> Path:
     import html
 
     from .scanplots import figure_uri, limits_uri, plot_fit_quality, plot_significance, windows_html
-    from .verdict import best_test, searches, verdict
+    from .verdict import best_test, confidence_level, searches, verdict
 
     out_dir = Path(out_dir)
     doc = json.loads((out_dir / "results.json").read_text())
@@ -347,7 +344,8 @@ def write_html_report(out_dir: Path) -> Path:
     if (fig := plot_fit_quality(rows, blinded)) is not None:
         sections.append(("Sideband fit quality", _img(figure_uri(fig), "χ² p-value of each sideband fit vs mass",
                                                       wide=True)))
-    sections.append(("All tests", _table_html(doc["results"], best, doc.get("ceilings") or (), blinded, _cl_of(doc))))
+    sections.append(("All tests", _table_html(doc["results"], best, doc.get("ceilings") or (), blinded,
+                                                  confidence_level(doc))))
     sections.append(("Run", _run_info_html(doc)))
     metrics = doc.get("detector_metrics") or []
     windows = sorted({m["window"] for m in metrics})

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["verdict", "best_test", "searches", "problem", "observed_z", "poor_fit", "short_label", "mass_text",
+__all__ = ["verdict", "best_test", "searches", "confidence_level", "problem", "observed_z", "poor_fit", "short_label",
+           "mass_text",
            "estimated_mass", "fitted_signal", "z_global_text", "window_summary", "FIT_P_MIN", "Z_EXCESS"]
 
 FIT_P_MIN = 0.01  #: sideband fits with a chi2 p-value below this are flagged (here and in results' flags)
@@ -60,6 +61,11 @@ def searches(doc: dict) -> list[dict]:
     """The rows of ``doc`` that are searches (not truth-based ceilings)."""
     ceilings = set(doc.get("ceilings") or ())
     return [r for r in doc.get("results", []) if r.get("detector") not in ceilings]
+
+
+def confidence_level(doc: dict) -> float:
+    """The run's ``stats.cl`` (0.95 where the document does not say)."""
+    return _num(((doc.get("config") or {}).get("stats") or {}).get("cl")) or 0.95
 
 
 def observed_z(row: dict) -> float | None:
@@ -198,7 +204,7 @@ def _blind(doc: dict, rows: list[dict]) -> str:
     head = (f"Blind scan (signal-region data hidden): {len(rows)} tests in {len(windows)} "
             f"window{'s' if len(windows) > 1 else ''} ({span})")
     best = best_test(rows, blinded=True)
-    cl = _num(((doc.get("config") or {}).get("stats") or {}).get("cl")) or 0.95
+    cl = confidence_level(doc)
     if best is not None:
         head += (f"; best expected {100 * cl:.3g}% CL limit {best['signal_upper_limit_expected']:.3g} produced "
                  f"signal events ({short_label(best)}, {mass_text(best)}; signal efficiency "
