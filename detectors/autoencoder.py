@@ -32,7 +32,8 @@ from pydantic import Field
 from sideband.pipeline.cache import atomic_path
 from sideband.pipeline.exceptions import RegionError
 
-from .base import BaseDetector, DetectorParams, check_fitted, check_inputs, torch_device, torch_rng_isolated, torch_seeded
+from .base import (BaseDetector, DetectorParams, check_fitted, check_inputs, torch_device, torch_rng_isolated,
+                   torch_seeded)
 
 __all__ = ["SCORE_TYPES", "Autoencoder", "Detector", "build_trigger_model"]
 
@@ -210,8 +211,9 @@ class Autoencoder(BaseDetector):
         use = ((m < lo) | (m >= hi)) if self.train_on == "sidebands" else np.ones(len(X), bool)
         Xt = X[use]
         if len(Xt) < 20:
-            raise RegionError(f"autoencoder: only {len(Xt)} training events ({self.train_on} of SR {lo:g}-{hi:g} GeV), "
-                              "fewer than the 20 it needs; widen the sidebands (regions.sideband_width) or use more data")
+            raise RegionError(f"autoencoder: only {len(Xt)} training events ({self.train_on} of SR {lo:g}-{hi:g} "
+                              "GeV), fewer than the 20 it needs; widen the sidebands (regions.sideband_width) or use "
+                              "more data")
         seed = 0 if self.random_state is None else int(self.random_state)
         gen = torch.Generator().manual_seed(seed)
         dev = torch_device(self.device)

@@ -23,10 +23,10 @@ from typing import Any
 
 from pydantic import Field
 
-from ._classifier import ClassifierDetector, ClassifierParams
-from ._flow import ConditionalFlow
 from sideband.pipeline.exceptions import RegionError
 
+from ._classifier import ClassifierDetector, ClassifierParams
+from ._flow import ConditionalFlow
 from .base import BaseDetector, check_inputs, torch_device
 
 __all__ = ["Cathode", "Detector"]

@@ -44,8 +44,7 @@ from __future__ import annotations
 import math
 
 __all__ = ["verdict", "best_test", "searches", "confidence_level", "problem", "observed_z", "poor_fit", "short_label",
-           "mass_text",
-           "estimated_mass", "fitted_signal", "z_global_text", "window_summary", "FIT_P_MIN", "Z_EXCESS"]
+           "mass_text", "estimated_mass", "fitted_signal", "z_global_text", "window_summary", "FIT_P_MIN", "Z_EXCESS"]
 
 FIT_P_MIN = 0.01  #: sideband fits with a chi2 p-value below this are flagged (here and in results' flags)
 Z_EXCESS = 3.0  #: global Z from which the verdict reads "Excess at ..."

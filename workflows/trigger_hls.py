@@ -112,8 +112,9 @@ def parse_fixed(precision: str) -> tuple[int, int, bool]:
                                 "e.g. ap_fixed<16,6>") from None
     signed = head == "ap_fixed"
     if not (0 < width <= 64 and int(signed) <= ibits <= width):
+        sign = " (the sign bit is one)" if signed else ""
         raise SidebandUserError(f"precision {precision!r}: needs W <= 64 total bits and I integer bits with "
-                                f"{int(signed)} <= I <= W{' (the sign bit is one)' if signed else ''}, e.g. ap_fixed<16,6>")
+                                f"{int(signed)} <= I <= W{sign}, e.g. ap_fixed<16,6>")
     return width, ibits, signed
 
 
