@@ -206,6 +206,10 @@ def test_bad_arguments_are_user_errors(exported, tmp_path):
         export_trigger(run, tmp_path, rate=0.01, score="kl")
     with pytest.raises(SidebandUserError, match="prescale 0.5"):
         export_trigger(run, tmp_path, rate=0.01, prescale=0.5)
+    window = find_models(run)[0]["window"]["name"]
+    with pytest.raises(SidebandUserError, match=f"no autoencoder model for window {window} fold 7; "
+                                                f"the run has: --window {window} --fold 0, --window {window} --fold 1"):
+        export_trigger(run, tmp_path, rate=0.01, window=window, fold=7)
 
 
 def test_an_interrupted_re_export_leaves_no_stale_report(exported, tmp_path, monkeypatch):

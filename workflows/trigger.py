@@ -242,10 +242,13 @@ def export_trigger(run_dir: str | Path, out_dir: str | Path, *, rate: float = 1e
                                 f"{opts['rate_targets']} in (0, 1)")
     if opts["precision"] != "auto":
         fw.parse_fixed(opts["precision"])  # a malformed type fails here, before any work
-    records = [r for r in find_models(run_dir, detector) if (window is None or r["window"]["name"] == window)
-               and r["fold"] == fold]
+    models = find_models(run_dir, detector)
+    records = [r for r in models if (window is None or r["window"]["name"] == window) and r["fold"] == fold]
     if not records:
-        raise SidebandUserError(f"{run_dir}: no {detector} model for window {window} fold {fold}")
+        have = sorted({(r["window"]["name"], r["fold"]) for r in models})
+        listed = ", ".join(f"--window {w} --fold {f}" for w, f in have)
+        raise SidebandUserError(f"{run_dir}: no {detector} model for window {window} fold {fold}; "
+                                f"the run has: {listed}")
     rec = records[0]
     det, X, X_sig = _load(rec, signal_path)
     model, feats = det.model_.eval(), rec["features"]
