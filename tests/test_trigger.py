@@ -208,7 +208,7 @@ def test_bad_arguments_are_user_errors(exported, tmp_path):
         export_trigger(run, tmp_path, rate=0.01, prescale=0.5)
     window = find_models(run)[0]["window"]["name"]
     with pytest.raises(SidebandUserError, match=f"no autoencoder model for window {window} fold 7; "
-                                                f"the run has: --window {window} --fold 0, --window {window} --fold 1"):
+                                                f"the run has --window {window} with --fold 0, 1$"):
         export_trigger(run, tmp_path, rate=0.01, window=window, fold=7)
 
 

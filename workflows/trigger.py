@@ -245,10 +245,16 @@ def export_trigger(run_dir: str | Path, out_dir: str | Path, *, rate: float = 1e
     models = find_models(run_dir, detector)
     records = [r for r in models if (window is None or r["window"]["name"] == window) and r["fold"] == fold]
     if not records:
-        have = sorted({(r["window"]["name"], r["fold"]) for r in models})
-        listed = ", ".join(f"--window {w} --fold {f}" for w, f in have)
+        folds: dict[str, list[int]] = {}
+        for r in models:
+            folds.setdefault(r["window"]["name"], []).append(r["fold"])
+        groups: dict[tuple, list[str]] = {}  # windows grouped by their folds: one group in a usual run
+        for w, fs in folds.items():
+            groups.setdefault(tuple(sorted(fs)), []).append(w)
+        listed = "; ".join(f"--window {', '.join(ws)} with --fold {', '.join(map(str, fs))}"
+                           for fs, ws in groups.items())
         raise SidebandUserError(f"{run_dir}: no {detector} model for window {window} fold {fold}; "
-                                f"the run has: {listed}")
+                                f"the run has {listed}")
     rec = records[0]
     det, X, X_sig = _load(rec, signal_path)
     model, feats = det.model_.eval(), rec["features"]
