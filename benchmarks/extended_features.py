@@ -6,7 +6,8 @@ R=1.0 jets with FastJet, then the baseline features and tau_N^beta for N = 1..9,
 2 of both jets; cached as HDF5 in ``--workdir``). Per seed, the QCD events are shuffled into
 data (50%), the idealized detector's reference (30%: a perfect background model in the SR) and
 test events (20%); ``--n-inject`` signal events are mixed into the data and the other signal
-events are the test signal. Each detector (the classifiers of configs/default.yaml: boosted-tree
+events are the test signal. ``--detectors`` may add ``supervised`` (data's SR signal against its
+background, with the truth labels: what the features can give at this signal count). Each detector (the classifiers of configs/default.yaml: boosted-tree
 ensembles) is trained on the data with each feature set (the config's 4 baseline features, the
 54 extended ones, both) and scored on the test events in the SR; max SIC over cuts keeping >=
 ``--min-background`` test QCD events, median and 16-84% band over seeds.
@@ -54,6 +55,7 @@ def split(qcd: pd.DataFrame, sig: pd.DataFrame, n_inject: int, seed: int) -> dic
     if n_inject >= len(s):
         raise SystemExit(f"--n-inject {n_inject}: the signal file holds only {len(s)} events")
     data = pd.concat([qcd.iloc[q[:n_data]], sig.iloc[s[:n_inject]]], ignore_index=True)
+    data["_is_signal"] = np.r_[np.zeros(n_data), np.ones(n_inject)].astype(np.float32)
     return {"data": data, "ref": qcd.iloc[q[n_data:n_data + n_ref]], "test_bkg": qcd.iloc[q[n_data + n_ref:]],
             "test_sig": sig.iloc[s[n_inject:]]}
 
@@ -70,7 +72,8 @@ def max_sic(name: str, params: dict, parts: dict, cols: list[str], sr, seed: int
     X = parts["data"][cols].to_numpy(np.float32)
     m = parts["data"]["mjj"].to_numpy()
     ref = in_sr(parts["ref"], sr)[cols].to_numpy(np.float32) if name == "idealized" else None
-    det.fit(X, m, signal_region=sr, X_reference=ref)
+    y = parts["data"]["_is_signal"].to_numpy() if name == "supervised" else None
+    det.fit(X, m, signal_region=sr, X_reference=ref, y_true=y)
     s = det.score(in_sr(parts["test_sig"], sr)[cols].to_numpy(np.float32))
     b = det.score(in_sr(parts["test_bkg"], sr)[cols].to_numpy(np.float32))
     curve = sic_curve(s, b, min_bkg)
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-inject", type=int, default=1000)
     ap.add_argument("--signal-region", default="3300,3700")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--detectors", default="idealized,cwola")
+    ap.add_argument("--detectors", default="idealized,cwola", help="idealized, cwola, supervised")
     ap.add_argument("--sets", default="baseline,extended,baseline+extended")
     ap.add_argument("--min-background", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
