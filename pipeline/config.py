@@ -19,11 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .exceptions import ConfigError
 from .features import EXTENDED_COLUMNS, FEATURE_COLUMNS
 
-__all__ = ["Config", "load_config", "config_from_dict", "DEFAULT_CONFIG", "DEMO_CONFIG"]
+__all__ = ["Config", "load_config", "config_from_dict", "demo_data_path", "DEFAULT_CONFIG", "DEMO_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 #: The shipped demo's config (a lighter scan), used when neither data nor a config is given.
 DEMO_CONFIG = DEFAULT_CONFIG.with_name("demo.yaml")
+
+
+def demo_data_path() -> Path:
+    """The demo dataset shipped with sideband (LHC Olympics feature layout): data.path's default."""
+    return Path(__file__).resolve().parent / "data" / "demo_events.h5"
 
 
 class _Strict(BaseModel):
@@ -285,7 +290,6 @@ class Config(_Strict):
             unknown = [f for f in feats if f not in FEATURE_COLUMNS and f not in ("mjj", "label")]
             if unknown:
                 from .io import event_columns
-                from .table import demo_data_path
 
                 data = self.data
                 files = [(data.path or str(demo_data_path()), data.format)]

@@ -10,6 +10,7 @@ each at its window's centre. Limits are CLs upper limits on signal events in the
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_path
-from .scanplots import run_label
+from .scanplots import png_uri, run_label
+from .verdict import problem
 
-__all__ = ["plot_limits"]
+__all__ = ["plot_limits", "limits_uri"]
 
 
 def _centre(row: dict) -> float:
@@ -109,3 +111,16 @@ def _panel(ax, group: list[dict], detector: str, selection: float) -> None:
     title = "no selection" if detector == "none" else f"{detector}, top {selection:.3g}"
     ax.set_title(title, fontsize=13)
     ax.tick_params(labelsize=11)
+
+
+def limits_uri(rows: list[dict], out_dir: Path, blinded: bool) -> str | None:
+    """The limits-vs-mass picture of the searches with limits as a data URI (written under
+    ``out_dir/plots``); None for fewer than two windows."""
+    rows = [r for r in rows if problem(r, blinded) is None and r.get("upper_limit_expected") is not None]
+    if len({tuple(r["sr"]) for r in rows}) < 2:
+        return None
+    (Path(out_dir) / "plots").mkdir(parents=True, exist_ok=True)
+    path = Path(plot_limits(rows, Path(out_dir) / "plots" / "limits.png"))
+    if path.suffix == ".svg":
+        return "data:image/svg+xml;base64," + base64.b64encode(path.read_bytes()).decode()
+    return png_uri(path.read_bytes())

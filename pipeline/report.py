@@ -15,7 +15,7 @@ from .scanplots import img_html as _img
 from .scanplots import plot_sic_curves, plot_training, run_label
 
 __all__ = ["write_results", "format_table", "format_signal_table", "format_summary", "fmt_value", "plot_spectra",
-           "package_versions", "write_html_report", "write_injection_report", "RESULTS_SCHEMA_VERSION"]
+           "package_versions", "write_html_report", "RESULTS_SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
 #: Version of results.json (pipeline/results.schema.json); 2: records, relative paths, models, ceilings.
@@ -314,7 +314,8 @@ def write_html_report(out_dir: Path) -> Path:
     window's spectra, the other windows collapsed, fit quality, all tests, run, SIC curves, training."""
     import html
 
-    from .scanplots import figure_uri, limits_uri, plot_fit_quality, plot_significance, windows_html
+    from .limitplot import limits_uri
+    from .scanplots import figure_uri, plot_fit_quality, plot_significance, windows_html
     from .verdict import best_test, confidence_level, searches, verdict
 
     out_dir = Path(out_dir)
@@ -359,10 +360,3 @@ def write_html_report(out_dir: Path) -> Path:
     with atomic_path(path, ".html") as tmp:
         tmp.write_text(html_page("sideband search report", sections, lead=lead))
     return path
-
-
-def write_injection_report(out_dir: Path, result: dict, docs: list[dict]) -> Path:
-    """``report.html`` of an injection scan (:func:`.injectreport.write_injection_report`)."""
-    from .injectreport import write_injection_report as write
-
-    return write(out_dir, result, docs)

@@ -5,8 +5,8 @@ compact image encoding.
 Every figure of the HTML report is embedded as a data URI; :func:`figure_uri` writes both a
 palette PNG and an SVG and keeps the smaller, :func:`compress_png` shrinks the spectrum PNGs
 written by :func:`.report.plot_spectra` (a line plot has few colours: a 256-colour palette
-is visually lossless and about three times smaller than RGBA). The limits-vs-mass picture
-comes from ``pipeline/limitplot.py`` when that module exists (:func:`limits_uri`).
+is visually lossless and about three times smaller than RGBA). The limits-vs-mass picture is
+:mod:`.limitplot`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from .verdict import FIT_P_MIN, poor_fit, problem, short_label, window_summary
 
 __all__ = ["run_label", "compress_png", "png_uri", "figure_uri", "plot_significance", "plot_fit_quality",
-           "plot_sic_curves", "plot_training", "limits_uri", "spectrum_uris", "centre_tev", "png_b64", "img_html",
+           "plot_sic_curves", "plot_training", "spectrum_uris", "centre_tev", "png_b64", "img_html",
            "windows_html"]
 
 
@@ -240,24 +240,6 @@ def plot_training(training: list[dict]) -> str | None:
         uniq = dict(zip(labels, handles))
         ax.legend(uniq.values(), uniq.keys(), fontsize=11)
         return png_b64(fig)
-
-
-def limits_uri(rows: list[dict], out_dir: Path, blinded: bool) -> str | None:
-    """The limits-vs-mass plot of :mod:`.limitplot` (when that module exists), for >= 2 windows."""
-    try:
-        from .limitplot import plot_limits
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.limitplot":
-            raise
-        return None
-    rows = [r for r in rows if problem(r, blinded) is None and r.get("upper_limit_expected") is not None]
-    if len({tuple(r["sr"]) for r in rows}) < 2:
-        return None
-    (Path(out_dir) / "plots").mkdir(parents=True, exist_ok=True)
-    path = Path(plot_limits(rows, Path(out_dir) / "plots" / "limits.png"))
-    if path.suffix == ".svg":
-        return "data:image/svg+xml;base64," + base64.b64encode(path.read_bytes()).decode()
-    return png_uri(path.read_bytes())
 
 
 def spectrum_uris(doc: dict, out_dir: Path) -> dict[str, list[tuple[str, str]]]:

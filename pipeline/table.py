@@ -9,22 +9,17 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_path, cache_key, file_hash
-from .config import DataConfig
+from .config import DataConfig, demo_data_path
 from .exceptions import InputFileError, RegionError
 from .records import EventTable
 
-__all__ = ["demo_data_path", "load_table", "data_identity", "read_table", "table_columns", "TABLE_VERSION"]
+__all__ = ["load_table", "data_identity", "read_table", "table_columns", "TABLE_VERSION"]
 
 #: Bumped whenever the table's meaning changes, so stale caches are not reused.
 #: 2: the input file's extra numeric columns are carried (usable as features).
 TABLE_VERSION = 2
 
 log = logging.getLogger(__name__)
-
-
-def demo_data_path() -> Path:
-    """The demo dataset shipped with sideband (LHC Olympics feature layout)."""
-    return Path(__file__).resolve().parent / "data" / "demo_events.h5"
 
 
 def _input_path(data: DataConfig) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sideband.pipeline.table import demo_data_path
+from sideband.pipeline.config import demo_data_path
 
 SHARED = Path(os.environ.get("SIDEBAND_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "rnd"
 

@@ -30,7 +30,7 @@ def test_lhco_features_reader_fixed_and_table(tmp_path, fmt):
 
 
 def test_reader_matches_pandas_on_shipped_demo(demo_frame):
-    from sideband.pipeline.table import demo_data_path
+    from sideband.pipeline.config import demo_data_path
     from sideband.pipeline.features import events_from_jets
 
     events, _ = read_events(demo_data_path(), chunk_size=7000)

@@ -344,12 +344,6 @@ def _check_images(page: str) -> int:
     return len(imgs)
 
 
-def _has_limitplot() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("sideband.pipeline.limitplot") is not None
-
-
 def test_report_opens_with_the_verdict_then_pictures_in_order(scan):
     out, path = scan
     page = path.read_text()
@@ -359,9 +353,9 @@ def test_report_opens_with_the_verdict_then_pictures_in_order(scan):
     assert first and html.unescape(first.group(1)) == verdict(doc)
     assert body.index("<h1>") < first.start() < body.index("<h2>")
     heads = re.findall(r"<h2>([^<]*)</h2>", page)
-    want = ["Significance vs mass"] + (["Upper limits vs mass"] if _has_limitplot() else []) + [
-        "Window of the most significant test: SR 3500-3900 GeV (spectra, background fits, pulls)",
-        "Other windows (9, collapsed)", "Sideband fit quality", "All tests", "Run"]
+    want = ["Significance vs mass", "Upper limits vs mass",
+            "Window of the most significant test: SR 3500-3900 GeV (spectra, background fits, pulls)",
+            "Other windows (9, collapsed)", "Sideband fit quality", "All tests", "Run"]
     assert heads == want
     best = page[page.index("Window of the most significant test"):page.index("<details")]
     captions = re.findall(r"<figcaption>([^<]*)</figcaption>", best)
@@ -377,7 +371,7 @@ def test_report_is_self_contained_small_and_images_decode(scan):
     page = path.read_text()
     assert "src=\"http" not in page and "src='http" not in page and "<link" not in page and "<script" not in page
     n = _check_images(page)
-    assert n == 2 + int(_has_limitplot()) + 40  # Z vs mass, fit quality, (limits), 10 windows x 4 spectra
+    assert n == 3 + 40  # Z vs mass, fit quality, limits, 10 windows x 4 spectra
     size = path.stat().st_size
     print(f"report.html of a 10-window synthetic scan: {size / 1e6:.2f} MB, {n} images")
     assert size < 5e6
@@ -386,9 +380,6 @@ def test_report_is_self_contained_small_and_images_decode(scan):
 
 
 def _fake_limitplot(monkeypatch, calls, fail=False):
-    import sys
-    import types
-
     def plot_limits(rows, path):
         if fail:
             raise ValueError("no bands")
@@ -398,12 +389,10 @@ def _fake_limitplot(monkeypatch, calls, fail=False):
         Image.new("RGB", (400, 300), (255, 255, 255)).save(path)
         return path
 
-    mod = types.ModuleType("sideband.pipeline.limitplot")
-    mod.plot_limits = plot_limits
-    monkeypatch.setitem(sys.modules, "sideband.pipeline.limitplot", mod)
+    monkeypatch.setattr("sideband.pipeline.limitplot.plot_limits", plot_limits)
 
 
-def test_limits_plot_is_used_when_limitplot_exists(scan, tmp_path, monkeypatch):
+def test_limits_plot_follows_the_significance_and_its_failure_is_shown(scan, tmp_path, monkeypatch):
     out, _ = scan
     run = tmp_path / "run"
     shutil.copytree(out, run)
@@ -427,8 +416,7 @@ def test_blind_report_hides_the_signal_region(blind_scan):
     page = path.read_text()
     assert "class='verdict blind'>Blind scan (signal-region data hidden): 70 tests in 10 windows" in page
     heads = re.findall(r"<h2>([^<]*)</h2>", page)
-    assert "Significance vs mass" not in heads and heads[0].startswith(
-        "Upper limits" if _has_limitplot() else "Lowest window")  # no signal model: no best blind test
+    assert "Significance vs mass" not in heads and heads[0].startswith("Upper limits")  # no signal model: no best blind test
     assert "BLINDED" in page and "<td>blind</td>" in page and "Sideband fit quality" in heads
     _check_images(page)
     doc = json.loads((out / "results.json").read_text())

@@ -35,7 +35,7 @@ from sideband.pipeline.config import Config, InjectConfig
 from sideband.pipeline.exceptions import SidebandUserError
 from sideband.pipeline.graph import Graph, Node, Ref
 from sideband.pipeline.regions import Window, scan_windows
-from sideband.pipeline.table import demo_data_path
+from sideband.pipeline.config import demo_data_path
 from sideband.pipeline.sensitivity import (CONSTRUCTION, background_in_windows, point_global, point_window,
                                            seed_band, sensitivity_curves)
 
@@ -206,7 +206,7 @@ def point_lee_node(results: str, *, point: dict, scan: list[dict], n_toys: int) 
 
 def inject_report_node(point_results: list[str], point_lee: list[dict], *, out_dir: str, meta: dict) -> str:
     """Collect the points and their global Z into inject_results.json and report.html."""
-    from sideband.pipeline.report import write_injection_report
+    from sideband.pipeline.injectreport import write_injection_report
 
     docs = []
     for path, point, glob in zip(point_results, meta["points"], point_lee):
