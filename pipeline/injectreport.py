@@ -86,6 +86,8 @@ def plot_signal_map(sens: dict, signals: list[dict], level: float = 3.0) -> str 
     if not dets:
         return None
     plt, style = _style()
+    from matplotlib.lines import Line2D
+
     with style:
         fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(order)), 5.5))
         for j, det in enumerate(dets):
@@ -104,15 +106,21 @@ def plot_signal_map(sens: dict, signals: list[dict], level: float = 3.0) -> str 
                 elif (top := tested.get((plan["signal"], det))) is not None:
                     ax.plot(i + off, top, marker="^", ms=10, color=f"C{j % 10}", ls="none")
         ax.set_xticks(range(len(order)))
-        ax.set_xticklabels([f"{Path(p['signal']).stem}\n{p['signal_region'][0]:g}-{p['signal_region'][1]:g}"
+        ax.set_xticklabels([f"{_signal_label(p['signal'])}\n{p['signal_region'][0]:g}-{p['signal_region'][1]:g}"
                             for p in order], fontsize=9, rotation=20)
         ax.set_ylabel(f"S/√B in the SR for global Z = {level:g}")
         ax.set_ylim(bottom=0)
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=10, title="triangles: not reached up to the largest level",
+        # one entry per detector, also for a detector drawn only as triangles (never crossing)
+        handles = [Line2D([], [], marker="o", color=f"C{j % 10}", ls="none", label=det) for j, det in enumerate(dets)]
+        ax.legend(handles=handles, fontsize=10, title="triangles: not reached up to the largest level",
                   title_fontsize=9)
         return figure_uri(fig)
+
+
+def _signal_label(path: str) -> str:
+    """A signal file's name without the layout suffix of ``sideband generate`` (``_features``)."""
+    stem = Path(path).stem
+    return stem.removesuffix("_features")
 
 
 def _band_plot(points, summary_key, y_of, ylabel, *, ceilings=()):
