@@ -6,11 +6,12 @@ R=1.0 jets with FastJet, then the baseline features and tau_N^beta for N = 1..9,
 2 of both jets; cached as HDF5 in ``--workdir``). Per seed, the QCD events are shuffled into
 data (50%), the idealized detector's reference (30%: a perfect background model in the SR) and
 test events (20%); ``--n-inject`` signal events are mixed into the data and the other signal
-events are the test signal. ``--detectors`` may add ``supervised`` (data's SR signal against its
-background, with the truth labels: what the features can give at this signal count). Each detector (the classifiers of configs/default.yaml: boosted-tree
+events are the test signal. Each detector (the classifiers of configs/default.yaml: boosted-tree
 ensembles) is trained on the data with each feature set (the config's 4 baseline features, the
 54 extended ones, both) and scored on the test events in the SR; max SIC over cuts keeping >=
-``--min-background`` test QCD events, median and 16-84% band over seeds.
+``--min-background`` test QCD events, median and 16-84% band over seeds. ``--detectors`` may add
+``supervised``: the data's SR signal against its background with the truth labels, what a
+feature set can give at this signal count.
 
     sideband generate qcd --events 100000 --out /tmp/gen --seed 11
     sideband generate signal --events 4000 --out /tmp/gen --seed 12
