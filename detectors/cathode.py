@@ -93,7 +93,8 @@ class Cathode(ClassifierDetector, BaseDetector):
     @classmethod
     def gpu_pays(cls, params: dict, stage: str = "fit") -> bool:
         # The sideband flow: 1.8x per epoch on an H200 over 2 CPU cores at batch 4096, equal
-        # validation NLL (benchmarks/gpu.py). The classifiers are boosted trees or small MLPs
+        # validation NLL (benchmarks/gpu.py; measured with the lighter flow that SCAN_FLOW had
+        # before, 3 transforms of width 48). The classifiers are boosted trees or small MLPs
         # (the MLP ran 0.6x on the GPU, launch-bound) and stay on CPU workers under auto.
         return stage == "sidebands"
 
