@@ -99,7 +99,7 @@ def plot_signal_map(sens: dict, signals: list[dict], level: float = 3.0) -> str 
                 if x["s_over_sqrt_b"] is not None:
                     lo, hi = x.get("uncertainty_low"), x.get("uncertainty_high")
                     ax.errorbar(i + off, x["s_over_sqrt_b"], yerr=[[lo or 0.0], [hi or 0.0]], fmt="o",
-                                color=f"C{j % 10}", label=det)
+                                color=f"C{j % 10}")
                     if hi is None and (x.get("bootstrap") or {}).get("band"):  # upper side unbounded
                         ax.annotate("", xy=(i + off, x["s_over_sqrt_b"] * 1.25), xytext=(i + off, x["s_over_sqrt_b"]),
                                     arrowprops={"arrowstyle": "->", "color": f"C{j % 10}"})
