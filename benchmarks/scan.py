@@ -10,6 +10,7 @@ workers; psutil, every 0.5 s), and prints the largest local and global Z with it
         --scheduler /tmp/sched.json --out /tmp/scan-1m      # workers started as in docs/cluster.md
     python benchmarks/scan.py --data qcd.h5 --inject ../shared/data/rnd/signal_3500_500_100_features.h5 \
         --n-inject 400 --out /tmp/scan-sig --json scan.json
+    python benchmarks/scan.py ... --seed 3 --detectors cathode   # one detector, another injection draw
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n-inject", type=int, default=0)
     ap.add_argument("--out", default="/tmp/sideband-scan")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--seed", type=int, default=None,
+                    help="the config's seed (which signal events are injected, fold splits, network initialisation)")
+    ap.add_argument("--detectors", default=None,
+                    help="comma-separated detectors to run (default: the config's enabled ones); the look-elsewhere "
+                         "count then covers only these")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="compute.device")
     ap.add_argument("--shared-stage", choices=["on", "off"], default=None,
@@ -117,6 +123,18 @@ def main(argv=None) -> int:
         overrides["compute"]["gpu_workers_per_device"] = args.gpu_workers
     if args.shared_stage:
         overrides["detectors"] = {"cathode": {"shared_stage": args.shared_stage == "on"}}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.detectors:
+        keep = set(args.detectors.split(","))
+        base = load_config(args.config)
+        unknown = keep - set(base.detectors)
+        if unknown:
+            ap.error(f"--detectors: {', '.join(sorted(unknown))} not in the config (it has "
+                     f"{', '.join(sorted(base.detectors))})")
+        overrides.setdefault("detectors", {})
+        for name in base.detectors:
+            overrides["detectors"].setdefault(name, {})["enabled"] = name in keep
     cfg = load_config(args.config, overrides)
     graph, windows = build_search_graph(cfg, args.out, meta={"mode": "benchmark", "seed": cfg.seed}, blind=False)
     stage_end: dict[str, float] = {}
