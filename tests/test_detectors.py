@@ -198,9 +198,12 @@ def test_seeded_torch_draws_do_not_depend_on_other_threads():
     finally:
         sys.setswitchinterval(interval)
     assert sorted(together) == [0, 1, 2, 3]
+    # The same draws, not bit-for-bit the same arithmetic: torch ops of threads running at once are
+    # not guaranteed bit-identical (seen in CI: one element in 4,000 off by 1 ulp, 6e-8, on a loaded
+    # 2-core machine). Another thread's reseeding moves values by O(1) (~6 without the lock).
     for seed, runs in together.items():
         for run in runs:
-            np.testing.assert_array_equal(run, alone[seed])
+            np.testing.assert_allclose(run, alone[seed], rtol=0, atol=1e-5)
 
 
 def test_boosted_tree_validation_loss_is_a_loss():
