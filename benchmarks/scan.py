@@ -125,17 +125,15 @@ def main(argv=None) -> int:
         overrides["detectors"] = {"cathode": {"shared_stage": args.shared_stage == "on"}}
     if args.seed is not None:
         overrides["seed"] = args.seed
-    if args.detectors:
+    cfg = load_config(args.config, overrides)
+    if args.detectors:  # the config's entries, kept and enabled (as in benchmarks/signal_grid.py)
         keep = set(args.detectors.split(","))
-        base = load_config(args.config)
-        unknown = keep - set(base.detectors)
+        unknown = keep - set(cfg.detectors)
         if unknown:
             ap.error(f"--detectors: {', '.join(sorted(unknown))} not in the config (it has "
-                     f"{', '.join(sorted(base.detectors))})")
-        overrides.setdefault("detectors", {})
-        for name in base.detectors:
-            overrides["detectors"].setdefault(name, {})["enabled"] = name in keep
-    cfg = load_config(args.config, overrides)
+                     f"{', '.join(sorted(cfg.detectors))})")
+        cfg = cfg.model_copy(update={"detectors": {k: v.model_copy(update={"enabled": True})
+                                                   for k, v in cfg.detectors.items() if k in keep}})
     graph, windows = build_search_graph(cfg, args.out, meta={"mode": "benchmark", "seed": cfg.seed}, blind=False)
     stage_end: dict[str, float] = {}
     counts: dict[str, int] = defaultdict(int)
