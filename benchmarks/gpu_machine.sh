@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 17 in one command, on a machine with a CUDA device (sideband installed,
-# or wheels in .whl/ for a bare machine), within a time budget:
+# or wheels in .whl/ for a bare machine: `python benchmarks/gpu_wheels.py` here, then carry .whl),
+# within a time budget:
 #   1. the tests marked gpu (CUDA vs CPU agreement, a small search with device cuda);
 #   2. benchmarks/gpu.py: CATHODE flow, autoencoder and MLP per epoch on CUDA (and at a larger
 #      flow batch), compared with CPU numbers from CPU_JSON (a 2-core run of gpu.py --devices cpu)
