@@ -10,8 +10,9 @@
 #   3. the default blind scan with compute.device auto on DATA (with SIGNAL injected when given);
 #   4. the default blind scan on 1,000,000 events resampled from DATA, with what time is left.
 # usage: benchmarks/gpu_machine.sh OUT DATA [SIGNAL] [CPU_JSON] [BUDGET_S]
+# BUDGET_S (default 540) fits one device call (at most 600 s); steps get shares of what is left.
 set -u
-out=$1; data=$2; signal=${3:-}; cpujson=${4:-}; budget=${5:-3000}
+out=$1; data=$2; signal=${3:-}; cpujson=${4:-}; budget=${5:-540}
 start=$(date +%s)
 left() { echo $(( budget - ($(date +%s) - start) )); }
 export PYTHONUNBUFFERED=1 DASK_LOGGING__DISTRIBUTED=warning
@@ -23,10 +24,10 @@ if [ -d .whl ] && ! python3 -c "import sideband.pipeline" 2>/dev/null; then
 fi
 { nvidia-smi -L; nproc; free -g | head -2; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } 2>&1 | tee "$out/machine.txt"
 echo "== gpu tests ($(left) s left)"
-timeout 180 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -W default -rs 2>&1 | tail -25 | tee "$out/gpu_tests.log"
+timeout $(( $(left) / 4 )) python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -W default -rs 2>&1 | tail -25 | tee "$out/gpu_tests.log"
 echo "== stages ($(left) s left)"
 cmp=(); [ -n "$cpujson" ] && cmp=(--compare "$cpujson" --devices cuda)
-timeout 360 python3 benchmarks/gpu.py --data "$data" "${cmp[@]}" --flow-batches 16384 \
+timeout $(( $(left) / 2 )) python3 benchmarks/gpu.py --data "$data" "${cmp[@]}" --flow-batches 16384 \
   --flow-variants bf16 compile bf16+compile --json "$out/gpu_stages.json" 2>&1 \
   | grep -v Warning | tail -20 | tee "$out/gpu_stages.log"
 echo "== default scan, device auto ($(left) s left)"
