@@ -70,11 +70,15 @@ class Cathode(ClassifierDetector, BaseDetector):
     sideband_folds : int
         1: one flow on all sideband events. k > 1: k flows, flow j trained on the sideband
         events outside fold j (``event_folds``) and used for the events in it, so that no
-        event's density or latent comes from a flow trained on it. CATHODE only samples in the
-        SR and needs 1; detectors that evaluate the flow on sideband events (R-Anode's score,
-        LaCATHODE's latent) need k > 1: with one flow the sideband events, its training set,
-        look more background-like than SR events, and a cut set on the sidebands passes more
-        SR background than it should (an excess on background alone).
+        event's density, latent or score comes from a flow trained on it. With one flow the
+        sideband events, its training set, look more background-like than unseen events, and a
+        cut set on the sidebands passes more SR background than it should (an excess on
+        background alone). R-Anode's score and LaCATHODE's latent read the flow at each event;
+        CATHODE's classifier learns the flow's samples, which carry an imprint of its training
+        events: with one flow, unseen background passed 1.055x the nominal 10% of a selection
+        set on the sidebands (``benchmarks/cathode_training_events.py``). For k > 1 CATHODE trains
+        k classifiers, classifier j on the SR data against flow j's samples, scoring the events of
+        fold j, each calibrated to the CDF of its scores on the fold's sideband training events.
     model, n_ensemble, hgb_params, mlp_params :
         The data-vs-samples classifier (as for CWoLa).
     device : str
@@ -209,32 +213,73 @@ class Cathode(ClassifierDetector, BaseDetector):
     def fit(self, X, m, *, signal_region, y_true=None, X_reference=None, sideband_state=None):
         X, m = check_inputs(X, m)
         in_sr = self._load_stage(X, m, signal_region, sideband_state)
-        samples = self.sample_background(m[in_sr], self.prep_, int(round(self.oversampling * in_sr.sum())))
-        self.n_samples_ = len(samples)
-        Xc = np.concatenate([X[in_sr], samples])
-        yc = np.r_[np.ones(int(in_sr.sum()), np.float32), np.zeros(len(samples), np.float32)]
-        self._fit_classifier(Xc, yc)
+        n = int(round(self.oversampling * in_sr.sum()))
+        y = np.r_[np.ones(int(in_sr.sum()), np.float32), np.zeros(n, np.float32)]
+        self.classifiers_, self.calibration_ = [], []
+        if len(self.flows_) == 1:
+            samples = self.sample_background(m[in_sr], self.prep_, n)
+            self.n_samples_ = len(samples)
+            self._fit_classifier(np.concatenate([X[in_sr], samples]), y[:int(in_sr.sum()) + len(samples)])
+            return self
+        # cross-fitted: classifier j learns the SR data against flow j's samples and scores the
+        # events of fold j; its scores are mapped to their CDF on fold j's sideband events here
+        # (seen by neither flow j nor classifier j), so the k classifiers share one scale
+        k = len(self.flows_)
+        sb_fold = event_folds(X[~in_sr], k)
+        self.n_samples_ = 0
+        for j in range(k):
+            samples = self.sample_background(m[in_sr], self.prep_, n, flows=[j])
+            self.n_samples_ += len(samples)
+            self._fit_classifier(np.concatenate([X[in_sr], samples]), y[:int(in_sr.sum()) + len(samples)])
+            ref = self.classifier_.predict(X[~in_sr][sb_fold == j])
+            if len(ref) < 100:
+                raise RegionError(f"{self.name}: fold {j} of the sidebands holds {len(ref)} training events, fewer "
+                                  "than the 100 its score calibration needs; lower sideband_folds or use more data")
+            self.classifiers_.append(self.classifier_)
+            self.calibration_.append(np.sort(ref))
         return self
+
+    def score(self, X):
+        if not getattr(self, "classifiers_", None):
+            return super().score(X)
+        X, _ = check_inputs(X)
+
+        def calibrated(j, rows):
+            raw = self.classifiers_[j].predict(X[rows])
+            ref = self.calibration_[j]
+            # the CDF, interpolated, plus a negligible monotone term so that equal CDF values
+            # beyond the reference's ends keep their order
+            return np.interp(raw, ref, (np.arange(len(ref)) + 0.5) / len(ref)) + 1e-6 * raw
+
+        fold = event_folds(X, len(self.classifiers_))
+        out = np.empty(len(X))
+        for j in range(len(self.classifiers_)):
+            rows = np.flatnonzero(fold == j)
+            out[rows] = calibrated(j, rows)
+        return out
 
     def training_log(self):
         """The classifier members' validation curves, then the flow's (trained once per window)."""
         flow = getattr(self, "flow_history_", None)
         extra = [{"model": "flow", "epochs": flow.get("epochs"), "validation_loss": flow.get("val_loss")}] if flow else []
-        return super().training_log() + extra
+        clfs = getattr(self, "classifiers_", None)
+        members = [h for c in clfs for h in c.history_] if clfs else super().training_log()
+        return members + extra
 
-    def sample_background(self, m_sr, prep, n):
-        """``n`` synthetic SR background events: mjj from a KDE of ``m_sr``, x from the flow."""
+    def sample_background(self, m_sr, prep, n, flows=None):
+        """``n`` synthetic SR background events: mjj from a KDE of ``m_sr``, x from the flows
+        numbered in ``flows`` (default: all, an equal share from each)."""
         from scipy.stats import gaussian_kde
 
-        rng = np.random.default_rng(self._seed())
+        use = list(range(len(self.flows_))) if flows is None else list(flows)
+        rng = np.random.default_rng(self._seed() + 7919 * use[0] if flows is not None else self._seed())
         kde = gaussian_kde(np.log(m_sr))
         m_s = np.exp(kde.resample(n, seed=rng).ravel())
         lo, hi = float(np.min(m_sr)), float(np.max(m_sr))
         m_s = np.clip(m_s, lo, hi)  # stay inside the SR
         c = self._context(m_s, prep)
-        parts = np.array_split(np.arange(n), len(self.flows_))  # an equal share from each flow
-        z = np.concatenate([f.sample(c[rows], seed=self._seed() + j)
-                            for j, (f, rows) in enumerate(zip(self.flows_, parts))])
+        parts = np.array_split(np.arange(n), len(use))
+        z = np.concatenate([self.flows_[j].sample(c[rows], seed=self._seed() + j) for j, rows in zip(use, parts)])
         bound = float(self.flow_.params["tail_bound"]) * 3
         finite = np.isfinite(z).all(axis=1)
         n_bad = int((~finite).sum())

@@ -132,3 +132,51 @@ def test_ranode_shares_cathodes_flow_only_at_equal_sideband_folds(small_h5, fast
 
     assert n_stages({"flow_params": flow}, "default") == 2  # R-Anode cross-fits its flows by default
     assert n_stages({"flow_params": flow, "sideband_folds": 1}, "one") == 1
+
+
+def test_cathode_scores_no_event_through_a_flow_that_saw_it(monkeypatch):
+    """CATHODE's classifier learns its flow's samples, and those carry an imprint of the flow's
+    training events (the sidebands, where the cut is set): with ``sideband_folds: k`` classifier
+    j learns flow j's samples only and scores only events flow j did not train on, and the k
+    classifiers share one scale (a cut on the sidebands keeps the same fraction of each fold)."""
+    from sideband.detectors import _classifier, _flow
+    from sideband.detectors.cathode import event_folds
+
+    trained_on, sampled_by, predicted = [], [], []
+    fit, sample, predict = _flow.ConditionalFlow.fit, _flow.ConditionalFlow.sample, _classifier.ClassifierEnsemble.predict
+
+    def spy_fit(self, x, c):
+        trained_on.append({r.tobytes() for r in np.asarray(x, np.float32)})
+        return fit(self, x, c)
+
+    def spy_sample(self, c, seed=None):
+        sampled_by.append(self)
+        return sample(self, c, seed=seed)
+
+    def spy_predict(self, x):
+        predicted.append((self, np.asarray(x, np.float32)))
+        return predict(self, x)
+
+    monkeypatch.setattr(_flow.ConditionalFlow, "fit", spy_fit)
+    monkeypatch.setattr(_flow.ConditionalFlow, "sample", spy_sample)
+    monkeypatch.setattr(_classifier.ClassifierEnsemble, "predict", spy_predict)
+    X, m, _ = _events(4000, 0, 8)
+    det = make_detector("cathode", {"flow_params": FLOW | {"epochs": 3}, "n_ensemble": 1, "model": "hgb",
+                                    "sideband_folds": 2}, random_state=0)
+    state = det.fit_sidebands(X, m, signal_region=SR)
+    det.fit(X, m, signal_region=SR, sideband_state=state)
+    assert [det.flows_.index(f) for f in sampled_by] == [0, 1]  # classifier j: flow j's samples alone
+    assert len(det.classifiers_) == 2
+    predicted.clear()
+    s = score_events(det, X, m)
+    n_scored = 0
+    for clf, x in predicted:
+        j = next(i for i, c in enumerate(det.classifiers_) if c is clf)
+        assert not {r.tobytes() for r in det._forward(x, det.prep_)} & trained_on[j]
+        n_scored += len(x)
+    assert n_scored == len(X)
+    sr = (m >= SR[0]) & (m < SR[1])
+    fold = event_folds(X[~sr], 2)
+    cut = np.quantile(s[~sr], 0.9)
+    kept = [(s[~sr][fold == j] > cut).mean() for j in (0, 1)]
+    assert all(0.08 < k < 0.12 for k in kept), kept
