@@ -114,6 +114,13 @@ class BaseDetector(BaseEstimator):
         its parameters."""
         return [cls.name, params]
 
+    @classmethod
+    def fold_identity(cls, params: dict) -> tuple:
+        """What the fold nodes compute beyond their parameters, data and stage: a change of
+        method under unchanged parameters names itself here so that cached folds are not
+        reused. Empty by default."""
+        return ()
+
     def training_log(self) -> Any:
         """JSON-serialisable training history (e.g. validation loss per epoch); empty by default."""
         return []

@@ -114,6 +114,12 @@ class Cathode(ClassifierDetector, BaseDetector):
                  **({"random_state": params["random_state"]} if params.get("random_state") is not None else {})}
         return ident + [extra] if extra else ident
 
+    @classmethod
+    def fold_identity(cls, params: dict) -> tuple:
+        # k > 1 trains one classifier per flow (was: one classifier on all flows' samples)
+        folds = params.get("sideband_folds", cls.Params.model_fields["sideband_folds"].default)
+        return ("classifier per flow",) if folds > 1 and cls.fit is Cathode.fit else ()
+
     def __init__(self, *, flow_params=None, oversampling=4.0, model="hgb", n_ensemble=5, hgb_params=None,
                  mlp_params=None, device="auto", random_state=None, sideband_folds=1):
         self.flow_params = flow_params

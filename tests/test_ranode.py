@@ -180,3 +180,15 @@ def test_cathode_scores_no_event_through_a_flow_that_saw_it(monkeypatch):
     cut = np.quantile(s[~sr], 0.9)
     kept = [(s[~sr][fold == j] > cut).mean() for j in (0, 1)]
     assert all(0.08 < k < 0.12 for k in kept), kept
+
+
+def test_cross_fitted_cathode_folds_are_not_taken_from_an_older_cache():
+    """k > 1 used to feed one classifier with every flow's samples: a fold cached then must not
+    be reused, while CATHODE with one flow, LaCATHODE and R-Anode keep their keys."""
+    from sideband.detectors.cathode import Cathode
+    from sideband.detectors.lacathode import LaCathode
+    from sideband.detectors.ranode import RAnode
+
+    assert Cathode.fold_identity({"sideband_folds": 2}) != Cathode.fold_identity({})
+    assert Cathode.fold_identity({}) == () == LaCathode.fold_identity({"sideband_folds": 2})
+    assert RAnode.fold_identity({"sideband_folds": 3}) == ()
