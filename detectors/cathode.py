@@ -76,7 +76,7 @@ class Cathode(ClassifierDetector, BaseDetector):
         background alone). R-Anode's score and LaCATHODE's latent read the flow at each event;
         CATHODE's classifier learns the flow's samples, which carry an imprint of its training
         events: with one flow, unseen background passed 1.055x the nominal 10% of a selection
-        set on the sidebands (``benchmarks/cathode_training_events.py``). For k > 1 CATHODE trains
+        set on the sidebands, with two 0.999x (``benchmarks/cathode_training_events.py``). For k > 1 CATHODE trains
         k classifiers, classifier j on the SR data against flow j's samples, scoring the events of
         fold j, each calibrated to the CDF of its scores on the fold's sideband training events.
     model, n_ensemble, hgb_params, mlp_params :
