@@ -219,24 +219,21 @@ class Cathode(ClassifierDetector, BaseDetector):
     def fit(self, X, m, *, signal_region, y_true=None, X_reference=None, sideband_state=None):
         X, m = check_inputs(X, m)
         in_sr = self._load_stage(X, m, signal_region, sideband_state)
-        n = int(round(self.oversampling * in_sr.sum()))
-        y = np.r_[np.ones(int(in_sr.sum()), np.float32), np.zeros(n, np.float32)]
-        self.classifiers_, self.calibration_ = [], []
-        if len(self.flows_) == 1:
-            samples = self.sample_background(m[in_sr], self.prep_, n)
-            self.n_samples_ = len(samples)
-            self._fit_classifier(np.concatenate([X[in_sr], samples]), y[:int(in_sr.sum()) + len(samples)])
-            return self
-        # cross-fitted: classifier j learns the SR data against flow j's samples and scores the
-        # events of fold j; its scores are mapped to their CDF on fold j's sideband events here
-        # (seen by neither flow j nor classifier j), so the k classifiers share one scale
+        n_sr, n = int(in_sr.sum()), int(round(self.oversampling * in_sr.sum()))
+        # one flow: one classifier. k cross-fitted flows: classifier j learns the SR data against
+        # flow j's samples and scores the events of fold j; its scores are mapped to their CDF on
+        # fold j's sideband events here (seen by neither flow j nor classifier j), so the k
+        # classifiers share one scale
         k = len(self.flows_)
-        sb_fold = event_folds(X[~in_sr], k)
-        self.n_samples_ = 0
+        sb_fold = event_folds(X[~in_sr], k) if k > 1 else None
+        self.classifiers_, self.calibration_, self.n_samples_ = [], [], 0
         for j in range(k):
             samples = self.sample_background(m[in_sr], self.prep_, n, flows=[j])
             self.n_samples_ += len(samples)
-            self._fit_classifier(np.concatenate([X[in_sr], samples]), y[:int(in_sr.sum()) + len(samples)])
+            self._fit_classifier(np.concatenate([X[in_sr], samples]),
+                                 np.r_[np.ones(n_sr, np.float32), np.zeros(len(samples), np.float32)])
+            if k == 1:
+                break
             ref = self.classifier_.predict(X[~in_sr][sb_fold == j])
             if len(ref) < 100:
                 raise RegionError(f"{self.name}: fold {j} of the sidebands holds {len(ref)} training events, fewer "
@@ -278,7 +275,7 @@ class Cathode(ClassifierDetector, BaseDetector):
         from scipy.stats import gaussian_kde
 
         use = list(range(len(self.flows_))) if flows is None else list(flows)
-        rng = np.random.default_rng(self._seed() + 7919 * use[0] if flows is not None else self._seed())
+        rng = np.random.default_rng(self._seed() + 7919 * use[0])
         kde = gaussian_kde(np.log(m_sr))
         m_s = np.exp(kde.resample(n, seed=rng).ravel())
         lo, hi = float(np.min(m_sr)), float(np.max(m_sr))
