@@ -8,9 +8,9 @@ background alone. This trains the config's CATHODE on the R&D background of one 
 (``--sr``), one classifier on all SR data against the flow's samples (as a fold model does),
 and compares, per 100-GeV m_jj bin, the fraction of the sideband data (the flow's training
 set) and of the independent extra QCD sample (never seen) that passes each selection, in units
-of the nominal fraction. ``--sideband-folds k`` cross-fits: k flows, each trained outside one
-feature-hash fold of the sidebands, and k classifiers, classifier j trained on flow j's samples
-and scoring the events of fold j only, so no event is scored through a flow that saw it.
+of the nominal fraction. ``--sideband-folds k``: CATHODE's cross-fitted form
+(``Cathode``: k flows and k calibrated classifiers, so that no event is scored through a flow
+that saw it).
 
     python benchmarks/cathode_training_events.py --seed 0 --sr 2910,3290 [--sideband-folds 2]
 """
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    from sideband.detectors.cathode import Cathode, event_folds
+    from sideband.detectors.cathode import Cathode
     from sideband.pipeline.cluster import limit_threads
     from sideband.pipeline.config import load_config
 
@@ -70,19 +70,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     state = det.fit_sidebands(X, m, signal_region=(lo, hi))
     t1 = time.perf_counter()
-    det._load_stage(X, m, (lo, hi), state)
-    flows = list(det.flows_)
-    fold_sb = event_folds(X[sb], k) if k > 1 else np.zeros(int(sb.sum()), int)
-    fold_e = event_folds(Xe, k) if k > 1 else np.zeros(len(Xe), int)
-    s_sb, s_e = np.empty(int(sb.sum())), np.empty(len(Xe))
-    n_samples = int(round(det.oversampling * sr.sum()))
-    for j, flow in enumerate(flows):
-        det.flows_, det.flow_ = [flow], flow
-        samples = det.sample_background(m[sr], det.prep_, n_samples)
-        det._fit_classifier(np.concatenate([X[sr], samples]),
-                            np.r_[np.ones(int(sr.sum()), np.float32), np.zeros(len(samples), np.float32)])
-        s_sb[fold_sb == j] = det.score(X[sb][fold_sb == j])
-        s_e[fold_e == j] = det.score(Xe[fold_e == j])
+    det.fit(X, m, signal_region=(lo, hi), sideband_state=state)  # the classifier(s) on all SR data
+    s_sb, s_e = det.score(X[sb]), det.score(Xe)
     t2 = time.perf_counter()
 
     bins = np.arange(f_lo, min(f_hi, hi + 1400) + 1, 100)
