@@ -107,6 +107,12 @@ class BaseDetector(BaseEstimator):
         return False
 
     @classmethod
+    def has_sideband_stage(cls, params: dict) -> bool:
+        """Whether the search runs the sideband stage as its own node for these parameters
+        (``needs_sideband_stage`` unless a parameter moves the stage into each fold's ``fit``)."""
+        return cls.needs_sideband_stage
+
+    @classmethod
     def stage_identity(cls, params: dict) -> Any:
         """What the sideband stage's output depends on, besides the data, windows, features and
         seed: detectors with equal identities share one stage node (LaCATHODE trains on CATHODE's
@@ -255,9 +261,10 @@ def check_config(cfg) -> None:
     for name, det in cfg.detectors.items():
         cls = load_detector_class(name)
         validate_params(name, det.params)
-        if det.shared_stage and not cls.needs_sideband_stage:
-            raise ConfigError(f"detectors.{name}.shared_stage: {name} has no sideband stage to share; "
-                              "remove the key (it applies to detectors such as cathode)")
+        if det.shared_stage and not cls.has_sideband_stage(det.params):
+            raise ConfigError(f"detectors.{name}.shared_stage: {name} has no sideband stage to share with these "
+                              "parameters; remove the key (it applies to detectors such as cathode, without "
+                              "flow_per_fold)")
         if det.enabled and cls.truth_kind == "reference" and not cfg.data.reference:
             raise ConfigError(f"detectors.{name} needs a pure-background reference sample; "
                               "set data.reference to its file (e.g. qcd_extra_features.h5)")

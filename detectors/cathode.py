@@ -21,7 +21,7 @@ import numpy as np
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sideband.pipeline.exceptions import RegionError
 
@@ -40,6 +40,14 @@ class CathodeParams(ClassifierParams):
     flow_params: dict[str, Any] | None = None
     oversampling: float = Field(default=4.0, gt=0)
     sideband_folds: int = Field(default=1, ge=1, le=10)
+    flow_per_fold: bool = False
+
+    @model_validator(mode="after")
+    def _one_way_to_cross_fit(self):
+        if self.flow_per_fold and self.sideband_folds > 1:
+            raise ValueError("flow_per_fold already scores each event with a flow that never saw it; "
+                             "set sideband_folds: 1 or flow_per_fold: false")
+        return self
 
 
 def event_folds(X: np.ndarray, k: int) -> np.ndarray:
@@ -79,6 +87,12 @@ class Cathode(ClassifierDetector, BaseDetector):
         set on the sidebands, with two 0.999x (``benchmarks/cathode_training_events.py``). For k > 1 CATHODE trains
         k classifiers, classifier j on the SR data against flow j's samples, scoring the events of
         fold j, each calibrated to the CDF of its scores on the fold's sideband training events.
+    flow_per_fold : bool
+        False: the search trains the flow once per window, on all its sideband events, as a
+        node of its own shared by the window's folds. True: each fold's ``fit`` trains its own
+        flow on the sideband events of its training set, so the events the fold scores (its
+        held-out sideband and SR events alike) were seen by neither its flow nor its
+        classifier; ``folds`` flows per window, each on (folds - 1) / folds of the sidebands.
     model, n_ensemble, hgb_params, mlp_params :
         The data-vs-samples classifier (as for CWoLa).
     device : str
@@ -92,7 +106,11 @@ class Cathode(ClassifierDetector, BaseDetector):
 
     @classmethod
     def uses_torch(cls, params: dict, stage: str = "fit") -> bool:
-        return stage == "sidebands" or super().uses_torch(params, stage)
+        return stage == "sidebands" or bool(params.get("flow_per_fold")) or super().uses_torch(params, stage)
+
+    @classmethod
+    def has_sideband_stage(cls, params: dict) -> bool:
+        return not params.get("flow_per_fold", False)
 
     @classmethod
     def gpu_pays(cls, params: dict, stage: str = "fit") -> bool:
@@ -100,7 +118,7 @@ class Cathode(ClassifierDetector, BaseDetector):
         # validation NLL (benchmarks/gpu.py; measured with the lighter flow that SCAN_FLOW had
         # before, 3 transforms of width 48). The classifiers are boosted trees or small MLPs
         # (the MLP ran 0.6x on the GPU, launch-bound) and stay on CPU workers under auto.
-        return stage == "sidebands"
+        return stage == "sidebands" or (stage == "fit" and bool(params.get("flow_per_fold")))
 
     @classmethod
     def stage_identity(cls, params: dict) -> Any:
@@ -121,10 +139,11 @@ class Cathode(ClassifierDetector, BaseDetector):
         return ("classifier per flow",) if folds > 1 and cls.fit is Cathode.fit else ()
 
     def __init__(self, *, flow_params=None, oversampling=4.0, model="hgb", n_ensemble=5, hgb_params=None,
-                 mlp_params=None, device="auto", random_state=None, sideband_folds=1):
+                 mlp_params=None, device="auto", random_state=None, sideband_folds=1, flow_per_fold=False):
         self.flow_params = flow_params
         self.oversampling = oversampling
         self.sideband_folds = sideband_folds
+        self.flow_per_fold = flow_per_fold
         self.model = model
         self.n_ensemble = n_ensemble
         self.hgb_params = hgb_params

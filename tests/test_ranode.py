@@ -192,3 +192,55 @@ def test_cross_fitted_cathode_folds_are_not_taken_from_an_older_cache():
     assert Cathode.fold_identity({"sideband_folds": 2}) != Cathode.fold_identity({})
     assert Cathode.fold_identity({}) == () == LaCathode.fold_identity({"sideband_folds": 2})
     assert RAnode.fold_identity({"sideband_folds": 3}) == ()
+
+
+def test_cathode_flow_per_fold_scores_no_event_its_flow_or_classifier_saw(small_h5, fast_config, tmp_path,
+                                                                          monkeypatch):
+    """``flow_per_fold``: no sideband node; each fold trains its own flow on its training set's
+    sideband events, and every event the fold scores (held-out sidebands and SR alike) was seen
+    by neither that flow nor that fold's classifier."""
+    from sideband.detectors.cathode import Cathode
+    from sideband.workflows.search import run_search
+    from sideband.workflows.search_graph import build_search_graph
+
+    flow = {"n_transforms": 1, "hidden": 8, "epochs": 2, "n_average": 1}
+    params = {"n_ensemble": 1, "flow_params": flow, "flow_per_fold": True}
+    cfg = fast_config(small_h5, detectors={"cathode": {"folds": 2, "params": params}}, stats={"selections": [0.1]})
+    assert not [n for n in build_search_graph(cfg, tmp_path / "g")[0].nodes.values() if n.kind == "prepare"]
+
+    seen, scored = {}, {}
+    fit_sidebands, fit, score = Cathode.fit_sidebands, Cathode.fit, Cathode.score
+
+    def rows(X):
+        return {r.tobytes() for r in np.asarray(X, np.float32)}
+
+    def spy_fit_sidebands(self, X, m, *, signal_region):
+        sb = (m < signal_region[0]) | (m >= signal_region[1])
+        seen.setdefault(id(self), set()).update(rows(X[sb]))
+        return fit_sidebands(self, X, m, signal_region=signal_region)
+
+    def spy_fit(self, X, m, **kw):
+        assert kw.get("sideband_state") is None  # the flow trains here, on this fold's events
+        seen.setdefault(id(self), set()).update(rows(X))  # the classifier's training set
+        return fit(self, X, m, **kw)
+
+    def spy_score(self, X):
+        scored.setdefault(id(self), set()).update(rows(X))
+        return score(self, X)
+
+    monkeypatch.setattr(Cathode, "fit_sidebands", spy_fit_sidebands)
+    monkeypatch.setattr(Cathode, "fit", spy_fit)
+    monkeypatch.setattr(Cathode, "score", spy_score)
+    run_search(cfg, tmp_path / "run")
+    assert len(scored) == 2 and set(scored) == set(seen)  # two folds, two flows
+    for det, s in scored.items():
+        assert s and not s & seen[det]
+
+
+def test_flow_per_fold_excludes_cross_fitted_flows_and_a_shared_stage(small_h5, fast_config):
+    from sideband.pipeline.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="flow_per_fold"):
+        make_detector("cathode", {"flow_per_fold": True, "sideband_folds": 2})
+    with pytest.raises(ConfigError, match="shared_stage"):
+        fast_config(small_h5, detectors={"cathode": {"shared_stage": True, "params": {"flow_per_fold": True}}})

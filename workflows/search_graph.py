@@ -75,9 +75,9 @@ def _stage_nodes(g: Graph, cfg: Config, table: Ref, windows: list[Window], name:
     (each window's SR excluded from the training of the stage that serves it; a window alone
     in its group keeps its own, unshared stage)."""
     cls = load_detector_class(name)
-    if not cls.needs_sideband_stage:
-        return {}
     det = cfg.detectors[name]
+    if not cls.has_sideband_stage(det.params):
+        return {}
     feats = list(det.features or cfg.features)
     pspec, pgpu = _spec(cfg, name, device, "sidebands")
     groups = stage_groups(windows) if det.shared_stage else [(w,) for w in windows]
