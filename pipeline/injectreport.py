@@ -223,8 +223,8 @@ def write_injection_report(out_dir: Path, result: dict, docs: list[dict]) -> Pat
     n_tests = (sens.get("look_elsewhere") or {}).get("n_tests")
     sections = []
     curves = sens.get("curves") or []
-    imgs = [_img(uri, f"{Path(sig).name}: median over seeds and 16-84% band; global Z over the blind scan "
-                      f"({n_tests} tests), local Z best over the selections; dashed: ceilings", wide=True)
+    imgs = [_img(uri, f"{Path(sig).name}: median and band ({sens.get('band', '16-84% over seeds')}); global Z over "
+                      f"the blind scan ({n_tests} tests), local Z best over the selections; dashed: ceilings", wide=True)
             for sig in sorted({c["signal"] for c in curves})
             if (uri := plot_sensitivity([c for c in curves if c["signal"] == sig], ceilings))]
     if imgs:

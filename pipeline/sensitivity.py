@@ -292,6 +292,14 @@ def _seed_values(points: list[dict], det: str, key: str) -> tuple[np.ndarray, np
     return np.array([a for a, _ in pairs], dtype=float), np.array([b for _, b in pairs], dtype=float)
 
 
+#: What the bands span. A seed changes the training (seeds, folds) and which signal events are
+#: injected, never the background events: background-only points of several seeds are one
+#: background sample analysed several times, so their spread is not the data's fluctuation.
+BAND = ("16-84% over seeds: a seed changes the training and the injected signal events, not the background "
+        "events, so the background-only rows are one background sample analysed several times (their band is "
+        "the training spread; calibrate on independent background samples)")
+
+
 def sensitivity_curves(points: list[dict], seed: int = 0) -> dict:
     """Per signal and detector: the curve (median and band over seeds per injected count) and crossings.
 
@@ -321,7 +329,7 @@ def sensitivity_curves(points: list[dict], seed: int = 0) -> dict:
                 for level in LEVELS:
                     crossings.append({"signal": sig, "detector": det, "statistic": name}
                                      | _crossing_record(groups[key], level, seed))
-    return {"curves": curves, "crossings": crossings, "levels": list(LEVELS), "band": "16-84% over seeds",
+    return {"curves": curves, "crossings": crossings, "levels": list(LEVELS), "band": BAND,
             "crossing_method": CROSSING_METHOD}
 
 
@@ -341,6 +349,8 @@ def format_sensitivity(sens: dict) -> str:
                          f"{_fmt(p['s_over_sqrt_b']):>7} {p['n_seeds']:>5}  "
                          f"{_fmt(p['z_global_median'], p['z_global_band']):<22} "
                          f"{_fmt(p['z_local_median'], p['z_local_band']):<22}")
+    lines.append("")
+    lines.append(f"bands: {sens.get('band', BAND)}")
     lines.append("")
     lines.append(f"crossings ({sens['crossing_method']}):")
     for x in sens["crossings"]:

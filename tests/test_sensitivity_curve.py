@@ -168,3 +168,15 @@ def test_a_crossing_at_the_top_point_has_an_unbounded_upper_side():
     # a curve whose resamples nearly all cross keeps a two-sided band around the value
     y = next(c for c in sensitivity_curves(points)["crossings"] if c["statistic"] == "local" and c["level"] == 3.0)
     assert y["uncertainty_low"] > 0 and y["uncertainty_high"] > 0 and y["bootstrap"]["fraction_crossing"] > 0.9
+
+
+def test_the_tables_say_the_seeds_share_the_background():
+    """The background-only rows of several seeds are one background sample: a user reading their
+    band as a calibration over independent experiments would be misled, so the table says it."""
+    from sideband.pipeline.sensitivity import format_sensitivity
+
+    points = [{"signal": "s", "n_inject": n, "seed": k, "s_over_sqrt_b": x,
+               "detectors": {"d": {"z_best": 2 * x + 0.1 * k, "z_global": x}}}
+              for n, x in ((0, 0.0), (100, 1.0)) for k in range(3)]
+    text = format_sensitivity(sensitivity_curves(points))
+    assert "not the background events" in text and "independent background samples" in text
