@@ -1,0 +1,106 @@
+"""Calibration of the selections on background alone, per background sample.
+
+Reads the background-only points (no injected signal) of finished injection scans
+(``sideband inject`` / ``benchmarks/sensitivity_curve.py --counts 0``) and prints, per
+background sample (content hash of the input file), detector and selection: the mean and
+spread over seeds of the signed pull (observed - expected) / sqrt(expected + uncertainty^2) in
+the SR and of observed / expected - 1, and how many tests had local Z > 1 and > 2.
+
+Seeds of one sample share its events (a seed changes the training and folds, not the data), so
+a sample's mean pull carries that sample's own fluctuation: a method is calibrated when its
+pulls scatter around 0 over independent samples, not over the seeds of one. Run the scan once
+per sample (``--data FILE``) and pass all the scan directories:
+
+    python benchmarks/sensitivity_curve.py --config CFG --out runs/a --counts 0 --seeds 5
+    python benchmarks/sensitivity_curve.py --config CFG --data other_background.h5 --out runs/b --counts 0 --seeds 5
+    python benchmarks/background_pulls.py runs/a runs/b [--detector cathode] [--json pulls.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def background_points(scan_dirs: list[Path]) -> list[dict]:
+    """The results.json of every background-only point under ``scan_dirs/points``."""
+    docs = []
+    for d in scan_dirs:
+        for res in sorted(Path(d).glob("points/*/results.json")):
+            doc = json.loads(res.read_text())
+            if int(doc.get("n_injected") or 0) == 0:
+                docs.append(doc | {"scan": str(d)})
+    return docs
+
+
+def _sample(doc: dict) -> str:
+    data = [s for s in doc.get("inputs", []) if s.get("role") != "reference"]
+    return ", ".join(f"{Path(s['path']).name} ({s['content_hash'][:8]})" for s in data) or "?"
+
+
+def _mean_sd(v: list[float]) -> tuple[float, float]:
+    mean = sum(v) / len(v)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return mean, sd
+
+
+def pulls(docs: list[dict], detector: str | None = None) -> list[dict]:
+    """One row per (scan, sample, window, detector, selection) with the pulls of its seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for doc in docs:
+        for t in doc["results"]:
+            if t.get("status") != "ok" or t["detector"] in ("none",) or (detector and t["detector"] != detector):
+                continue
+            exp, unc, obs = t["n_expected_sr"], t["n_expected_sr_unc"] or 0.0, t["n_observed_sr"]
+            if not exp or exp <= 0:
+                continue
+            groups.setdefault((doc.get("scan", ""), _sample(doc), t["window"], t["detector"], t["selection"]), []).append(
+                {"seed": doc.get("seed"), "pull": (obs - exp) / math.sqrt(exp + unc ** 2), "ratio": obs / exp - 1,
+                 "z_local": t.get("z_local") or 0.0})
+    rows = []
+    for (scan, sample, window, det, sel), v in sorted(groups.items(), key=lambda kv: (*kv[0][:4], -kv[0][4])):
+        pm, ps = _mean_sd([x["pull"] for x in v])
+        rm, rs = _mean_sd([x["ratio"] for x in v])
+        rows.append({"scan": scan, "sample": sample, "window": window, "detector": det, "selection": sel, "n_seeds": len(v),
+                     "pull_mean": pm, "pull_sd": ps, "ratio_mean": rm, "ratio_sd": rs,
+                     "z_above_1": sum(x["z_local"] > 1 for x in v), "z_above_2": sum(x["z_local"] > 2 for x in v),
+                     "seeds": v})
+    return rows
+
+
+def format_pulls(rows: list[dict]) -> str:
+    lines = [f"{'scan':<24} {'sample':<34} {'window':<10} {'detector':<11} {'keep':>6} {'seeds':>5}  {'pull mean (sd)':<16} "
+             f"{'obs/exp-1 mean (sd)':<20} {'Z>1':>4} {'Z>2':>4}"]
+    for r in rows:
+        lines.append(f"{r['scan'][-24:]:<24} {r['sample'][:34]:<34} {r['window']:<10} {r['detector']:<11} {r['selection']:>6g} {r['n_seeds']:>5}  "
+                     f"{r['pull_mean']:+.2f} ({r['pull_sd']:.2f}){'':<4} "
+                     f"{100 * r['ratio_mean']:+.1f}% ({100 * r['ratio_sd']:.1f}%){'':<6} "
+                     f"{r['z_above_1']:>4} {r['z_above_2']:>4}")
+    lines.append("seeds of one sample share its events: their spread is the training's; compare the means across "
+                 "independent samples")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("scans", nargs="+", type=Path, help="finished injection scan directories")
+    ap.add_argument("--detector", default=None, help="only this detector")
+    ap.add_argument("--json", default=None, help="write the rows here")
+    args = ap.parse_args(argv)
+    docs = background_points(args.scans)
+    if not docs:
+        sys.stderr.write(f"no background-only points under {', '.join(map(str, args.scans))}/points; "
+                         "run the injection scan with --counts 0\n")
+        return 2
+    rows = pulls(docs, args.detector)
+    sys.stdout.write(format_pulls(rows) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
