@@ -22,7 +22,8 @@ A detector describes itself to the search, which never digs into its attributes:
 * ``Params``: a pydantic model of its parameters; a wrong name, type or value is a config
   error naming the key and the allowed values before anything runs;
 * ``requires_truth`` / ``truth_kind`` (the benchmark ceilings: not searches, so not trials of
-  the look-elsewhere correction), ``needs_sideband_stage``, ``uses_torch(params, stage)`` (that
+  the look-elsewhere correction), ``needs_sideband_stage`` (``has_sideband_stage(params)``:
+  whether these parameters keep the stage as a node of its own), ``uses_torch(params, stage)`` (that
   stage can use a GPU: the search decides the ``device`` and passes it as a parameter);
 * ``keeps_model``: the search saves each fold's fitted model (``save(path)``, read back
   with ``Detector.load(path)``) and lists it in results.json (the trigger export uses it);

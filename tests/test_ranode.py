@@ -244,3 +244,13 @@ def test_flow_per_fold_excludes_cross_fitted_flows_and_a_shared_stage(small_h5, 
         make_detector("cathode", {"flow_per_fold": True, "sideband_folds": 2})
     with pytest.raises(ConfigError, match="shared_stage"):
         fast_config(small_h5, detectors={"cathode": {"shared_stage": True, "params": {"flow_per_fold": True}}})
+
+
+def test_flow_per_fold_sends_the_fold_nodes_to_a_gpu_where_the_flow_trains():
+    """Under ``compute.device: auto`` only stages that train the flow ask for a GPU worker: with
+    ``flow_per_fold`` that is each fold node, and there is no sideband node."""
+    from sideband.detectors.cathode import Cathode
+
+    assert Cathode.gpu_pays({}, "sidebands") and not Cathode.gpu_pays({}, "fit")
+    assert Cathode.gpu_pays({"flow_per_fold": True}, "fit") and Cathode.uses_torch({"flow_per_fold": True}, "fit")
+    assert Cathode.has_sideband_stage({}) and not Cathode.has_sideband_stage({"flow_per_fold": True})
