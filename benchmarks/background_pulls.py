@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -42,9 +43,7 @@ def _sample(doc: dict) -> str:
 
 
 def _mean_sd(v: list[float]) -> tuple[float, float]:
-    mean = sum(v) / len(v)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-    return mean, sd
+    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
 
 
 def pulls(docs: list[dict], detector: str | None = None) -> list[dict]:

@@ -244,7 +244,8 @@ class Cathode(ClassifierDetector, BaseDetector):
         # fold j's sideband events here (seen by neither flow j nor classifier j), so the k
         # classifiers share one scale
         k = len(self.flows_)
-        sb_fold = event_folds(X[~in_sr], k) if k > 1 else None
+        X_sb = X[~in_sr]
+        sb_fold = event_folds(X_sb, k) if k > 1 else None
         self.classifiers_, self.calibration_, self.n_samples_ = [], [], 0
         for j in range(k):
             samples = self.sample_background(m[in_sr], self.prep_, n, flows=[j])
@@ -253,7 +254,7 @@ class Cathode(ClassifierDetector, BaseDetector):
                                  np.r_[np.ones(n_sr, np.float32), np.zeros(len(samples), np.float32)])
             if k == 1:
                 break
-            ref = self.classifier_.predict(X[~in_sr][sb_fold == j])
+            ref = self.classifier_.predict(X_sb[sb_fold == j])
             if len(ref) < 100:
                 raise RegionError(f"{self.name}: fold {j} of the sidebands holds {len(ref)} training events, fewer "
                                   "than the 100 its score calibration needs; lower sideband_folds or use more data")

@@ -20,7 +20,7 @@ from .report import fmt_value, html_page
 from .scanplots import _style, figure_uri, plot_sic_curves, plot_training
 from .scanplots import img_html as _img
 from .scanplots import png_b64 as _png_b64
-from .sensitivity import crossing_text
+from .sensitivity import BAND, crossing_text
 
 __all__ = ["write_injection_report", "plot_sensitivity", "plot_signal_map"]
 
@@ -223,7 +223,7 @@ def write_injection_report(out_dir: Path, result: dict, docs: list[dict]) -> Pat
     n_tests = (sens.get("look_elsewhere") or {}).get("n_tests")
     sections = []
     curves = sens.get("curves") or []
-    imgs = [_img(uri, f"{Path(sig).name}: median and band ({sens.get('band', '16-84% over seeds')}); global Z over "
+    imgs = [_img(uri, f"{Path(sig).name}: median and band ({sens.get('band', BAND)}); global Z over "
                       f"the blind scan ({n_tests} tests), local Z best over the selections; dashed: ceilings", wide=True)
             for sig in sorted({c["signal"] for c in curves})
             if (uri := plot_sensitivity([c for c in curves if c["signal"] == sig], ceilings))]

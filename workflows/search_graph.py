@@ -113,7 +113,7 @@ def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, 
     # on the old stage in the cache.
     keep = cls.keeps_model or template is not None
     extra = (() if keep == cls.keeps_model else ("keep models",)) + ((stage.key,) if stage is not None else ())
-    extra += tuple(getattr(cls, "fold_identity", lambda params: ())(spec.params))
+    extra += tuple(cls.fold_identity(spec.params))
     tkey = cache_key(NODE_VERSION, data_id, cfg.seed, w.to_dict(), name, spec.params, feats, det.folds, *extra)
     folds = []
     for k in range(det.folds):
