@@ -34,7 +34,10 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="background file (default: data.path of the config)")
     p.add_argument("--signal", action="append", default=None, help="signal file (default: injection.signals)")
     p.add_argument("--counts", default=None, help="comma-separated injected counts (default: injection.counts)")
+    p.add_argument("--levels", default=None, help="comma-separated S/sqrt(B) in the SR instead of --counts")
     p.add_argument("--seeds", type=int, default=None, help="seeds per point (default: injection.seeds)")
+    p.add_argument("--background-parts", type=int, default=None, metavar="P",
+                   help="seed k analyses part k mod P of P disjoint parts of the background (independent samples)")
     p.add_argument("--scheduler", default=None, help="compute.scheduler: synchronous, an address, ...")
     p.add_argument("--results", default=None, help="print the tables of this finished scan directory; run nothing")
     p.add_argument("--json", default=None, help="write curves, crossings and summary to this path")
@@ -50,8 +53,9 @@ def run(args) -> dict:
 
     cfg = injection_config(args.config, data=args.data, scheduler=args.scheduler)
     counts = [int(c) for c in args.counts.split(",")] if args.counts else None
-    return run_injection(cfg, args.out, counts=counts, seeds=args.seeds, signals=args.signal,
-                         progress=args.progress)
+    levels = [float(c) for c in args.levels.split(",")] if args.levels else None
+    return run_injection(cfg, args.out, counts=counts, seeds=args.seeds, signals=args.signal, levels=levels,
+                         background_parts=args.background_parts, progress=args.progress)
 
 
 def main(argv=None) -> int:

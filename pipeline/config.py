@@ -41,6 +41,19 @@ class InjectConfig(_Strict):
     format: Literal["auto", "lhco-features", "lhco-raw", "root"] = "auto"
 
 
+class SplitConfig(_Strict):
+    """One of ``parts`` disjoint parts of the input file's events (``data.split``)."""
+
+    parts: int = Field(ge=2)
+    part: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _part_in_range(self):
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} must be below parts {self.parts} (parts are numbered 0..{self.parts - 1})")
+        return self
+
+
 class DataConfig(_Strict):
     path: str | None = None
     format: Literal["auto", "lhco-features", "lhco-raw", "root"] = "auto"
@@ -54,6 +67,11 @@ class DataConfig(_Strict):
     #: Jet substructure computed from particle-level inputs: ``standard`` (tau1-3) or ``extended``
     #: (also tau_N^beta, N = 1..9, beta = 0.5, 1, 2 of both jets: columns ``tau5_b0.5_j1`` ...).
     substructure: Literal["standard", "extended"] = "standard"
+    #: Keep one of ``parts`` disjoint random parts of the input file's events (``{parts: 10, part: 3}``);
+    #: null: all of them. The partition is fixed by the file (not by ``seed``), so parts 0..parts-1 are
+    #: disjoint, independent background samples at 1/parts of the statistics (the injection scan's
+    #: ``injection.background_parts``). The injected signal and the reference sample are not split.
+    split: SplitConfig | None = None
 
 
 class ScanConfig(_Strict):
@@ -234,6 +252,11 @@ class InjectionConfig(_Strict):
     levels: list[float] = Field(default_factory=list)
     seeds: int = Field(default=3, ge=1)
     signals: list[str] = Field(default_factory=list)
+    #: 1: every seed analyses the whole background file (a seed changes the training and the injected
+    #: signal events only). P > 1: the file is split into P disjoint parts (``data.split``) and the k-th
+    #: seed analyses part k mod P, so up to P seeds are independent background samples, each with 1/P of
+    #: the file's events (S/sqrt(B) levels are then per part).
+    background_parts: int = Field(default=1, ge=1)
 
     @field_validator("levels")
     @classmethod
@@ -310,6 +333,9 @@ class Config(_Strict):
                         problems.append(f"{where}: unknown feature(s) {absent} (not in {path}); choose from {choose}"
                                         f"{hint}")
                         break
+        if self.data.split is not None and self.injection.background_parts > 1:
+            problems.append(f"injection.background_parts: {self.injection.background_parts} splits the background "
+                            "per seed itself; drop data.split (or set background_parts: 1)")
         lo, hi = self.fit.range
         if lo >= hi:
             problems.append(f"fit.range: low edge {lo} must be below high edge {hi}")

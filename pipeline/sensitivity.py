@@ -300,6 +300,18 @@ BAND = ("16-84% over seeds: a seed changes the training and the injected signal 
         "the training spread; calibrate on independent background samples)")
 
 
+def band_text(points: list[dict]) -> str:
+    """What the bands of ``points`` span: :data:`BAND`, or with ``injection.background_parts`` the
+    independent background parts the seeds analysed."""
+    parts = {tuple(p["background_part"]) for p in points if p.get("background_part")}
+    if not parts:
+        return BAND
+    n_parts = max(P for _, P in parts)
+    return (f"16-84% over seeds: seed k analyses part k mod {n_parts} of {n_parts} disjoint parts of the background "
+            f"file (injection.background_parts), so the bands span the training, the injected signal events and "
+            f"{len(parts)} independent background samples, each with 1/{n_parts} of the file's events")
+
+
 def sensitivity_curves(points: list[dict], seed: int = 0) -> dict:
     """Per signal and detector: the curve (median and band over seeds per injected count) and crossings.
 
@@ -329,7 +341,7 @@ def sensitivity_curves(points: list[dict], seed: int = 0) -> dict:
                 for level in LEVELS:
                     crossings.append({"signal": sig, "detector": det, "statistic": name}
                                      | _crossing_record(groups[key], level, seed))
-    return {"curves": curves, "crossings": crossings, "levels": list(LEVELS), "band": BAND,
+    return {"curves": curves, "crossings": crossings, "levels": list(LEVELS), "band": band_text(points),
             "crossing_method": CROSSING_METHOD}
 
 

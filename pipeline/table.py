@@ -13,7 +13,7 @@ from .config import DataConfig, demo_data_path
 from .exceptions import InputFileError, RegionError
 from .records import EventTable
 
-__all__ = ["load_table", "data_identity", "read_table", "table_columns", "TABLE_VERSION"]
+__all__ = ["load_table", "data_identity", "read_table", "table_columns", "split_part", "TABLE_VERSION"]
 
 #: Bumped whenever the table's meaning changes, so stale caches are not reused.
 #: 2: the input file's extra numeric columns are carried (usable as features).
@@ -86,6 +86,17 @@ def _inject(events: pd.DataFrame, sig: pd.DataFrame, data: DataConfig, seed: int
     return pd.concat([events, sig], ignore_index=True)
 
 
+def split_part(n_events: int, parts: int, part: int) -> np.ndarray:
+    """Rows (sorted) of part ``part`` of ``parts`` disjoint random parts of ``n_events`` rows.
+
+    The partition depends on the row count and ``parts`` only (a fixed permutation, not the run's
+    seed): every run and seed splitting the same file gets the same parts, so different parts hold
+    different events. Part sizes differ by at most one.
+    """
+    order = np.random.default_rng([n_events, parts, 0x5B1]).permutation(n_events)
+    return np.sort(order[part::parts])
+
+
 def _check_duplicates(path: str, events: pd.DataFrame, strict: bool) -> int:
     """Events that repeat another event exactly (every column but the label): real collisions do
     not, and a k-fold detector tests on copies of its training events. The default scan of 1M
@@ -121,6 +132,11 @@ def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list
 
     events, source = load(path, data.format)
     sources, read = [source.to_dict() | {"n_duplicates": _check_duplicates(path, events, data.strict)}], [source]
+    if data.split is not None:
+        n_file = len(events)
+        events = events.iloc[split_part(n_file, data.split.parts, data.split.part)].reset_index(drop=True)
+        sources[0]["split"] = {"parts": data.split.parts, "part": data.split.part, "n_file": n_file,
+                               "n_kept": len(events)}
     _check_regions(path, events, signal_regions)
     n_injected = 0
     if data.inject and data.inject.n_events > 0:
@@ -132,7 +148,8 @@ def load_table(data: DataConfig, cache_dir: str, seed: int, signal_regions: list
         read.append(sig_source)
     # the events-cache file of each source names its content and the reader options (HDF5 key, tree,
     # substructure, strict, reader version): the same file read another way is another table
-    key = cache_key("load", TABLE_VERSION, [Path(s.table_path).name or s.content_hash for s in read], n_injected, seed)
+    key = cache_key("load", TABLE_VERSION, [Path(s.table_path).name or s.content_hash for s in read], n_injected, seed,
+                    *([data.split.model_dump()] if data.split else []))
     target = Path(cache_dir) / f"table-{key}.parquet"
     if not target.exists():
         with atomic_path(target, ".parquet") as tmp:

@@ -55,3 +55,30 @@ def test_no_background_points_is_a_clear_error(bp, tmp_path, capsys):
     _point(tmp_path, "s-n190-s1", n_injected=190, seed=1, sample="aaaa", obs=1, exp=1, unc=0)
     assert bp.main([str(tmp_path)]) == 2
     assert "--counts 0" in capsys.readouterr().err
+
+
+def test_parts_of_one_file_are_samples_of_their_own_and_are_summarised_across(bp, tmp_path, capsys):
+    """With --background-parts each seed's part is its own sample; the second table counts each
+    sample once, and the background-only points' global Z is counted against the nominal rate."""
+    scan = tmp_path / "p"
+    for part, obs in ((0, 1100), (1, 1000), (2, 900)):
+        _point(scan, f"s-n0-s{part}", n_injected=0, seed=part, sample="aaaa", obs=obs, exp=1000, unc=0)
+        doc = json.loads((scan / "points" / f"s-n0-s{part}" / "results.json").read_text())
+        doc["inputs"][0]["split"] = {"parts": 3, "part": part}
+        (scan / "points" / f"s-n0-s{part}" / "results.json").write_text(json.dumps(doc))
+    zg = [2.4, 0.0, 0.5]
+    (scan / "inject_results.json").write_text(json.dumps({"points": [
+        {"n_inject": 0, "detectors": {"cathode": {"z_global": z}, "none": {"z_global": 3.0}}} for z in zg]
+        + [{"n_inject": 190, "detectors": {"cathode": {"z_global": 9.0}}}]}))
+    rows = bp.pulls(bp.background_points([scan]))
+    assert [r["sample"] for r in rows] == [f"aaaa.h5 (aaaaaaaa) part {k}/3" for k in range(3)]
+    (across,) = bp.across_samples(rows)
+    pulls = [100 / math.sqrt(1000), 0.0, -100 / math.sqrt(1000)]
+    assert across["n_samples"] == 3 and across["pull_mean"] == pytest.approx(0.0, abs=1e-12)
+    assert across["pull_sd"] == pytest.approx(math.sqrt(sum(p * p for p in pulls) / 2))
+    (rate,) = bp.global_rates([scan])  # "none" is no detector; the signal point is left out
+    assert rate == {"detector": "cathode", "n_points": 3, "z_above_1": 1, "z_above_2": 1, "z_max": 2.4}
+    assert bp.main([str(scan), "--json", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out
+    assert "over independent samples" in out and "global Z > 1 in 1, > 2 in 1; largest 2.40" in out
+    assert set(json.loads((tmp_path / "p.json").read_text())) == {"per_sample", "across_samples", "global"}

@@ -57,6 +57,20 @@ def test_semantic_checks():
         config_from_dict({"detectors": {"cwola": {"folds": 1}}})
     with pytest.raises(ConfigError, match=r"selection efficiencies must lie in \(0, 1\]"):
         config_from_dict({"stats": {"selections": [0.1, 2]}})
+    with pytest.raises(ConfigError, match="part 3 must be below parts 3"):
+        config_from_dict({"data": {"split": {"parts": 3, "part": 3}}})
+
+
+def test_data_split_parts_are_disjoint_cover_the_file_and_do_not_depend_on_the_seed():
+    import numpy as np
+
+    from sideband.pipeline.table import split_part
+
+    parts = [split_part(1003, 4, k) for k in range(4)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(1003))  # disjoint and complete
+    assert {len(p) for p in parts} == {250, 251} and all(np.all(np.diff(p) > 0) for p in parts)
+    assert np.array_equal(split_part(1003, 4, 2), parts[2])  # fixed by the file, not by a seed
+    assert not np.array_equal(parts[0], np.arange(0, 1003, 4))  # random, not every 4th row (files may be sorted)
 
 
 def test_overrides_merge_into_file(tmp_path):

@@ -217,3 +217,60 @@ def test_levels_beyond_the_signal_file_are_a_one_line_error(tmp_path, demo_frame
                  "--seeds", "1", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sig.h5" in err[0] and "injection.levels" in err[0] and "the file holds 30" in err[0]
+
+
+def test_background_parts_give_each_seed_its_own_disjoint_background(tmp_path, demo_frame):
+    """--background-parts 2: seed k analyses part k mod 2 of the background file, so the two seeds'
+    backgrounds share no event and together are the file; a seed's signal and background-only
+    points share its part (paired), S/sqrt(B) levels are per part, and the bands say what they span."""
+    import pandas as pd
+
+    bkg, sig = tmp_path / "bkg.h5", tmp_path / "sig.h5"
+    demo_frame[demo_frame.label == 0].iloc[:12_000].to_hdf(bkg, key="df", mode="w")
+    demo_frame[demo_frame.label == 1].to_hdf(sig, key="df", mode="w")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "detectors": {"cwola": TINY["detectors"]["cwola"]}}))
+    out = tmp_path / "parts"
+    assert main(["inject", "--config", str(cfg), "--data", str(bkg), "--signal", str(sig), "--levels", "0,2",
+                 "--seeds", "2", "--background-parts", "2", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "inject_results.json").read_text())
+    assert res["config"]["injection"]["background_parts"] == 2
+
+    def background(p):
+        d = out / "points" / f"sig-n{p['n_inject']}-s{p['seed']}"
+        doc = json.loads((d / "results.json").read_text())
+        ev = pd.read_parquet(d / doc["event_table"])
+        ev = ev[ev["label"] == 0] if "label" in ev else ev
+        return doc, frozenset(ev[["mjj", "mj1", "mj2", "tau21_j1"]].itertuples(index=False))
+
+    by_seed = {}
+    for p in res["points"]:
+        doc, events = background(p)
+        assert p["background_part"] == [p["seed"] - 1, 2]
+        assert doc["inputs"][0]["split"] == {"parts": 2, "part": p["seed"] - 1, "n_file": 12_000, "n_kept": 6_000}
+        by_seed.setdefault(p["seed"], []).append(events)
+    (a0, a1), (b0, b1) = by_seed[1], by_seed[2]
+    assert a0 == a1 and b0 == b1  # a seed's points share its part
+    assert len(a0) == len(b0) == 6_000 and not a0 & b0  # disjoint halves of the 12k background events
+    plan = res["signals"][0]
+    b_parts = [p["b_sr"] for p in res["points"] if p["n_inject"] == 0]  # each part's count in the SR
+    assert plan["b_sr"] == round(sum(b_parts) / 2)  # the levels' B: the file's count per part
+    assert all(p["s_over_sqrt_b"] == pytest.approx(2.0, rel=0.3) for p in res["points"] if p["n_inject"])
+    assert "2 independent background samples" in res["sensitivity"]["band"]
+
+
+def test_background_parts_and_data_split_are_one_line_errors(tmp_path, demo_frame, capsys):
+    sig = tmp_path / "sig.h5"
+    demo_frame[demo_frame.label == 1].to_hdf(sig, key="df", mode="w")
+    assert main(["inject", "--signal", str(sig), "--background-parts", "0", "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    assert "--background-parts 0: must be >= 1" in capsys.readouterr().err
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"split": {"parts": 2, "part": 0}}, "injection": {"background_parts": 4}}))
+    assert main(["inject", "--config", str(cfg), "--signal", str(sig), "--out", str(tmp_path / "o2"),
+                 "--no-progress"]) == 2
+    assert "drop data.split" in capsys.readouterr().err
+    cfg.write_text(yaml.safe_dump({"data": {"split": {"parts": 2, "part": 0}}}))
+    assert main(["inject", "--config", str(cfg), "--signal", str(sig), "--background-parts", "4",
+                 "--out", str(tmp_path / "o3"), "--no-progress"]) == 2
+    assert "drop data.split" in capsys.readouterr().err

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated S/sqrt(B) in each signal's SR instead of counts, e.g. 0,1,2,3 "
                           "(default: injection.levels)")
     inj.add_argument("--seeds", type=int, default=None, help="seeds per point (default: injection.seeds)")
+    inj.add_argument("--background-parts", type=int, default=None, metavar="P",
+                     help="split the background file into P disjoint parts; seed k analyses part k mod P, so the "
+                          "seeds are independent background samples (default: injection.background_parts, 1)")
     inj.add_argument("--out", default="sideband-inject", help="output directory (default: %(default)s)")
     inj.add_argument("--scheduler", default=None, help="as for search")
     inj.add_argument("--no-progress", action="store_true")
@@ -226,7 +229,7 @@ def _cmd_inject(args) -> int:
     except ValueError:
         raise SidebandUserError(f"--levels {args.levels!r}: give comma-separated numbers, e.g. 0,1,2,3") from None
     res = run_injection(cfg, args.out, counts=counts, seeds=args.seeds, signals=args.signal, levels=levels,
-                        progress=_progress(args))
+                        background_parts=args.background_parts, progress=_progress(args))
     print(f"{'signal':<28} {'inj':>5} {'S/sqrtB':>7} {'detector':<11} {'Z local':>7} {'Z glob':>7} {'max SIC':>7} "
           f"{'AUC':>6}")
     from sideband.pipeline.report import fmt_value as f

@@ -31,7 +31,7 @@ import numpy as np
 
 from sideband.detectors.base import load_detector_class
 from sideband.pipeline.cache import cache_key, write_json
-from sideband.pipeline.config import Config, InjectConfig
+from sideband.pipeline.config import Config, InjectConfig, SplitConfig
 from sideband.pipeline.exceptions import SidebandUserError
 from sideband.pipeline.graph import Graph, Node, Ref
 from sideband.pipeline.regions import Window, scan_windows
@@ -46,12 +46,16 @@ __all__ = ["injection_config", "run_injection", "summarise_points"]
 log = logging.getLogger(__name__)
 
 
-def _point_config(cfg: Config, signal: str, n: int, seed: int, signal_region: tuple | None = None) -> Config:
+def _point_config(cfg: Config, signal: str, n: int, seed: int, signal_region: tuple | None = None,
+                  part: int | None = None) -> Config:
     inject = InjectConfig(path=signal, n_events=n) if n > 0 else None
     detectors = cfg.detectors
     if n == 0:
         detectors = {k: v for k, v in detectors.items() if load_detector_class(k).truth_kind != "labels"}
-    update = {"seed": seed, "detectors": detectors, "data": cfg.data.model_copy(update={"inject": inject})}
+    data = {"inject": inject}
+    if part is not None:
+        data["split"] = SplitConfig(parts=cfg.injection.background_parts, part=part)
+    update = {"seed": seed, "detectors": detectors, "data": cfg.data.model_copy(update=data)}
     if signal_region is not None:
         update["regions"] = cfg.regions.model_copy(update={"signal_region": tuple(signal_region),
                                                            "scan_centers": []})
@@ -95,7 +99,8 @@ def signal_plan(cfg: Config, signal: str, *, counts: list[int], levels: list[flo
         raise SidebandUserError(f"{signal}: none of its events falls in the SR {sr[0]:g}-{sr[1]:g} GeV; "
                                 "injection.levels needs a signal inside the scan")
     m_bkg = background_mjj()
-    b = int(np.sum((m_bkg >= sr[0]) & (m_bkg < sr[1])))
+    # with background_parts P each seed sees 1/P of the file: B is the expected count per part
+    b = int(round(np.sum((m_bkg >= sr[0]) & (m_bkg < sr[1])) / cfg.injection.background_parts))
     plan_counts = sorted({int(round(lv * np.sqrt(b) / f_sr)) for lv in levels})
     if plan_counts[-1] > len(m_sig):
         raise SidebandUserError(
@@ -247,13 +252,14 @@ def injection_config(config: str | None, *, data: str | None = None, scheduler: 
 
 def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None = None, seeds: int | None = None,
                   signals: list[str] | None = None, levels: list[float] | None = None,
-                  progress: bool | str = False) -> dict:
+                  background_parts: int | None = None, progress: bool | str = False) -> dict:
     """Run the scan; returns the parsed ``inject_results.json``.
 
     Each signal is injected in its window (:func:`signal_plan`): the config's
     ``regions.signal_region``, or the blind-scan window holding most of it. ``levels`` (or
     ``injection.levels``) sets the counts per signal from target S/sqrt(B) values instead of
-    ``counts``.
+    ``counts``. ``background_parts`` (or ``injection.background_parts``) P > 1: seed k analyses
+    part k mod P of P disjoint parts of the background file (independent background samples).
     """
     from sideband.workflows.search import check_output_dir, run_with_progress
 
@@ -262,10 +268,12 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
         raise SidebandUserError(f"--counts {','.join(map(str, bad))}: injected counts must be >= 0")
     if seeds is not None and seeds < 1:
         raise SidebandUserError(f"--seeds {seeds}: must be >= 1")
+    if background_parts is not None and background_parts < 1:
+        raise SidebandUserError(f"--background-parts {background_parts}: must be >= 1 (1: the whole file every seed)")
     if levels and any(not lv >= 0 for lv in levels):
         raise SidebandUserError(f"--levels {','.join(map(str, levels))}: S/sqrt(B) levels must be >= 0")
     # the command line's choices become the config's, so that inject_results.json records what ran
-    given = {"counts": counts, "seeds": seeds, "signals": signals, "levels": levels}
+    given = {"counts": counts, "seeds": seeds, "signals": signals, "levels": levels, "background_parts": background_parts}
     cfg = cfg.model_copy(update={"injection": cfg.injection.model_validate(
         cfg.injection.model_dump() | {k: v for k, v in given.items() if v is not None})})
     inj = cfg.injection
@@ -277,6 +285,13 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
     for s in signals:
         if not Path(s).exists():
             raise SidebandUserError(f"{s}: no such signal file; check --signal")
+    parts = inj.background_parts
+    if parts > 1 and cfg.data.split is not None:
+        raise SidebandUserError(f"--background-parts {parts} splits the background per seed itself; drop data.split "
+                                "from the config (or leave --background-parts out)")
+    if parts > 1 and n_seeds > parts:
+        log.warning("injection.seeds %d > injection.background_parts %d: seeds %d.. reuse the parts' events, so only "
+                    "%d background samples are independent", n_seeds, parts, parts + 1, parts)
     scan_ws = _blind_scan(cfg)
     scan = [w.to_dict() for w in scan_ws]
     levels = list(inj.levels)
@@ -293,12 +308,16 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
         for n in plan["counts"]:
             for k in range(n_seeds):
                 seed = cfg.seed + k
+                part = k % parts if parts > 1 else None
                 pdir = out / "points" / f"{stem}-n{n}-s{seed}"
-                pcfg = _point_config(cfg, sig, n, seed, tuple(plan["signal_region"]) if plan["own_window"] else None)
+                pcfg = _point_config(cfg, sig, n, seed, tuple(plan["signal_region"]) if plan["own_window"] else None,
+                                     part=part)
                 sub, _ = build_search_graph(pcfg, pdir, out / "cache", meta={"mode": "inject", "seed": seed},
                                             blind=False)
                 g.update(sub)
                 point = {"signal": sig, "signal_name": stem, "n_inject": n, "seed": seed, "window": window}
+                if part is not None:
+                    point["background_part"] = [part, parts]
                 finals.append(sub.final)
                 lees.append(g.add(Node(f"inject-lee-{cache_key(point, str(pdir.resolve()))}", point_lee_node,
                                        {"results": Ref(sub.final), "point": point, "scan": scan,
