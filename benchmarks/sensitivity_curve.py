@@ -12,7 +12,16 @@ detectors, CATHODE flows; hours on a few cores):
     python benchmarks/sensitivity_curve.py --config configs/injection.yaml --out inject-rnd \
         --json sensitivity_curve.json
 
-``--results DIR`` reprints the tables of a finished scan without running anything.
+``--results DIR`` reprints the tables of a finished scan without running anything; repeated
+(``--results A --results B``) it pools the points of several finished scans of the same signal
+and levels, e.g. one per background file, each split with ``--background-parts``, so the curve
+and its crossings run over every independent background sample:
+
+    python benchmarks/sensitivity_curve.py --config CFG --data a.h5 --out runs/a --levels 0,1,2,3 \
+        --seeds 4 --background-parts 4
+    python benchmarks/sensitivity_curve.py --config CFG --data b.h5 --out runs/b --levels 0,1,2,3 \
+        --seeds 4 --background-parts 4
+    python benchmarks/sensitivity_curve.py --results runs/a --results runs/b
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--background-parts", type=int, default=None, metavar="P",
                    help="seed k analyses part k mod P of P disjoint parts of the background (independent samples)")
     p.add_argument("--scheduler", default=None, help="compute.scheduler: synchronous, an address, ...")
-    p.add_argument("--results", default=None, help="print the tables of this finished scan directory; run nothing")
+    p.add_argument("--results", action="append", default=None,
+                   help="print the tables of this finished scan directory; run nothing (repeat to pool scans)")
     p.add_argument("--json", default=None, help="write curves, crossings and summary to this path")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     return p.parse_args(argv)
@@ -48,7 +58,8 @@ def parse_args(argv=None):
 def run(args) -> dict:
     """The parsed inject_results.json: read from ``--results`` or produced by a new scan."""
     if args.results:
-        return json.loads((Path(args.results) / "inject_results.json").read_text())
+        results = [json.loads((Path(d) / "inject_results.json").read_text()) for d in args.results]
+        return results[0] if len(results) == 1 else pool_scans(results, args.results)
     from sideband.workflows.inject import injection_config, run_injection
 
     cfg = injection_config(args.config, data=args.data, scheduler=args.scheduler)
@@ -56,6 +67,41 @@ def run(args) -> dict:
     levels = [float(c) for c in args.levels.split(",")] if args.levels else None
     return run_injection(cfg, args.out, counts=counts, seeds=args.seeds, signals=args.signal, levels=levels,
                          background_parts=args.background_parts, progress=args.progress)
+
+
+def pool_scans(results: list[dict], names: list[str]) -> dict:
+    """The points of several finished scans as one: per signal file and S/sqrt(B) level (scans run
+    with ``--levels``, whose counts differ a little between background files) or injected count;
+    each scan's background parts stay samples of their own. The look-elsewhere must be the same."""
+    from sideband.pipeline.sensitivity import sensitivity_curves
+
+    tests = {json.dumps(r["sensitivity"]["look_elsewhere"].get("n_tests")) for r in results}
+    if len(tests) > 1:
+        raise SystemExit(f"--results: the scans count different look-elsewhere tests ({', '.join(sorted(tests))}); "
+                         "pool scans of the same config only")
+    canonical: dict[tuple, int] = {}  # (signal name, level) -> the first scan's count
+    points, samples = [], set()
+    for i, res in enumerate(results):
+        level_of = {}
+        for plan in res.get("signals", []):
+            if plan.get("levels"):
+                counts = sorted(set(plan["counts"]))
+                level_of.update({(Path(plan["signal"]).name, c): lv for c, lv in zip(counts, sorted(plan["levels"]))})
+        for p in res["points"]:
+            q = dict(p)
+            key = (Path(p["signal"]).name, level_of.get((Path(p["signal"]).name, p["n_inject"])))
+            if key[1] is not None:
+                q["n_inject"] = canonical.setdefault(key, p["n_inject"])
+            q["signal"] = Path(p["signal"]).name
+            part = p.get("background_part")
+            samples.add((i, part[0] if part else None))
+            points.append(q)
+    sens = sensitivity_curves(points)
+    sens["band"] = (f"16-84% over the seeds of {len(results)} pooled scans ({', '.join(names)}), "
+                    f"{len(samples)} distinct background samples (scan x background part); each scan's own caption: "
+                    + " | ".join(sorted({r['sensitivity'].get('band', '') for r in results})))
+    sens["look_elsewhere"] = results[0]["sensitivity"]["look_elsewhere"]
+    return {"sensitivity": sens, "summary": [], "points": points, "config": None}
 
 
 def main(argv=None) -> int:

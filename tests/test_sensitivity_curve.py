@@ -180,3 +180,37 @@ def test_the_tables_say_the_seeds_share_the_background():
               for n, x in ((0, 0.0), (100, 1.0)) for k in range(3)]
     text = format_sensitivity(sensitivity_curves(points))
     assert "not the background events" in text and "independent background samples" in text
+
+
+def test_pooled_scans_group_by_level_and_count_each_scans_parts_as_samples(tmp_path):
+    """benchmarks/sensitivity_curve.py --results A --results B: the points of two scans (say one
+    per background file, each split into parts) form one curve per S/sqrt(B) level although the
+    files give slightly different counts; scans with different look-elsewhere are refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("sensitivity_curve",
+                                                  Path(__file__).resolve().parents[1] / "benchmarks" / "sensitivity_curve.py")
+    sc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sc)
+
+    def scan(counts, shift, n_tests=36):
+        pts = [{"signal": "/d/sig.h5", "n_inject": n, "seed": k, "background_part": [k, 2], "s_over_sqrt_b": x,
+                "detectors": {"cwola": {"z_best": 3 * x + shift, "z_global": 2.5 * x + shift}}}
+               for n, x in zip(counts, (0.0, 1.0, 2.0)) for k in range(2)]
+        return {"points": pts, "signals": [{"signal": "/d/sig.h5", "counts": counts, "levels": [0.0, 1.0, 2.0]}],
+                "sensitivity": {"look_elsewhere": {"n_tests": n_tests}, "band": "b"}}
+
+    pooled = sc.pool_scans([scan([0, 91, 183], 0.0), scan([0, 92, 184], 0.2)], ["a", "b"])
+    (curve,) = pooled["sensitivity"]["curves"]
+    assert [(r["n_inject"], r["n_seeds"]) for r in curve["points"]] == [(0, 4), (91, 4), (183, 4)]
+    assert "4 distinct background samples" in pooled["sensitivity"]["band"]
+    x3 = next(x for x in pooled["sensitivity"]["crossings"] if x["statistic"] == "global" and x["level"] == 3.0)
+    assert 1.0 < x3["s_over_sqrt_b"] < 1.2  # median global Z 2.6 at 1, 5.1 at 2
+    with pytest.raises(SystemExit, match="different look-elsewhere"):
+        sc.pool_scans([scan([0, 91, 183], 0.0), scan([0, 92, 184], 0.0, n_tests=40)], ["a", "b"])
+    for name, res in (("a", scan([0, 91, 183], 0.0)), ("b", scan([0, 92, 184], 0.2))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "inject_results.json").write_text(json.dumps(res))
+    assert sc.main(["--results", str(tmp_path / "a"), "--results", str(tmp_path / "b")]) == 0
