@@ -21,7 +21,9 @@ samples at 1/P of the statistics):
     python benchmarks/sensitivity_curve.py --config CFG --out runs/p --counts 0 --seeds 10 --background-parts 10
 
 The second table summarises each (window, detector, selection) over the samples, and the global
-Z of the background-only points is counted against its nominal rate.
+Z of the background-only points is counted against its nominal rate. ``--random N`` adds a
+control: the same points' events cut at the same efficiencies on N random scores each (no
+detector), which measures the background fit's own calibration on these spectra.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def background_points(scan_dirs: list[Path]) -> list[dict]:
         for res in sorted(Path(d).glob("points/*/results.json")):
             doc = json.loads(res.read_text())
             if int(doc.get("n_injected") or 0) == 0:
-                docs.append(doc | {"scan": str(d)})
+                docs.append(doc | {"scan": str(d), "_path": str(res)})
     return docs
 
 
@@ -133,6 +135,50 @@ def format_across(rows: list[dict], rates: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def random_control(docs: list[dict], n_random: int) -> list[dict]:
+    """Per window and selection: pulls of the points' events cut on ``n_random`` uniform random
+    scores each (seeded by the point), with the point's fit and stats settings (asymptotic p-values)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from sideband.pipeline.config import FitConfig, StatsConfig
+    from sideband.pipeline.evaluate import evaluate_window
+    from sideband.pipeline.records import EventTable, WindowScores
+    from sideband.pipeline.regions import Window
+
+    groups: dict[tuple, list[float]] = {}
+    for doc in docs:
+        cfg = doc["config"]
+        fit = FitConfig.model_validate(cfg["fit"])
+        stats_cfg = StatsConfig.model_validate(cfg["stats"] | {"p_value": "asymptotic", "signal_model": None})
+        path = Path(doc["_path"]).parent / doc["event_table"]
+        table = EventTable(path=str(path), sources=(), n_events=pq.read_metadata(path).num_rows)
+        for w in doc["windows"]:
+            window = Window(w["sr"][0], w["sr"][1], w["sb"][0], w["sb"][1])
+            for k in range(n_random):
+                rng = np.random.default_rng([k, int(doc.get("seed") or 0), table.n_events])
+                scores = WindowScores(scores=rng.random(table.n_events), owner=np.zeros(table.n_events, int), wall_s=0.0)
+                out = evaluate_window(table, scores, window=window, detector="random", fit=fit, stats=stats_cfg,
+                                      blind=False, seed=k)
+                for r in out.rows:
+                    if r.status == "ok" and r.n_expected_sr and r.n_expected_sr > 0:
+                        groups.setdefault((window.name, r.selection), []).append(
+                            (r.n_observed_sr - r.n_expected_sr) / math.sqrt(r.n_expected_sr + (r.n_expected_sr_unc or 0) ** 2))
+    rows = []
+    for (window, sel), v in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        m, sd = _mean_sd(v)
+        rows.append({"window": window, "selection": sel, "n_tests": len(v), "pull_mean": m, "pull_sd": sd,
+                     "pull_se": sd / math.sqrt(len(v))})
+    return rows
+
+
+def format_random(rows: list[dict]) -> str:
+    lines = ["", "control: the same events cut on random scores (the fit's own calibration):"]
+    lines += [f"  {r['window']:<10} keep {r['selection']:<6g} {r['n_tests']:>4} tests  pull mean {r['pull_mean']:+.2f} "
+              f"(sd {r['pull_sd']:.2f}, standard error {r['pull_se']:.2f})" for r in rows]
+    return "\n".join(lines)
+
+
 def format_pulls(rows: list[dict]) -> str:
     lines = [f"{'scan':<24} {'sample':<34} {'window':<10} {'detector':<11} {'keep':>6} {'seeds':>5}  {'pull mean (sd)':<16} "
              f"{'obs/exp-1 mean (sd)':<20} {'Z>1':>4} {'Z>2':>4}"]
@@ -151,6 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("scans", nargs="+", type=Path, help="finished injection scan directories")
     ap.add_argument("--detector", default=None, help="only this detector")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--random", type=int, default=0, metavar="N",
+                    help="control: also cut each point's events on N random scores (the fit's own calibration)")
     args = ap.parse_args(argv)
     docs = background_points(args.scans)
     if not docs:
@@ -159,10 +207,12 @@ def main(argv=None) -> int:
         return 2
     rows = pulls(docs, args.detector)
     across, rates = across_samples(rows), global_rates(args.scans, args.detector)
-    sys.stdout.write(format_pulls(rows) + "\n" + format_across(across, rates) + "\n")
+    control = random_control(docs, args.random) if args.random > 0 else []
+    sys.stdout.write(format_pulls(rows) + "\n" + format_across(across, rates) + "\n"
+                     + (format_random(control) + "\n" if control else ""))
     if args.json:
-        Path(args.json).write_text(json.dumps({"per_sample": rows, "across_samples": across, "global": rates},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"per_sample": rows, "across_samples": across, "global": rates,
+                                               "random_control": control}, indent=1))
     return 0
 
 

@@ -81,4 +81,4 @@ def test_parts_of_one_file_are_samples_of_their_own_and_are_summarised_across(bp
     assert bp.main([str(scan), "--json", str(tmp_path / "p.json")]) == 0
     out = capsys.readouterr().out
     assert "over independent samples" in out and "global Z > 1 in 1, > 2 in 1; largest 2.40" in out
-    assert set(json.loads((tmp_path / "p.json").read_text())) == {"per_sample", "across_samples", "global"}
+    assert set(json.loads((tmp_path / "p.json").read_text())) == {"per_sample", "across_samples", "global", "random_control"}

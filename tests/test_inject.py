@@ -274,3 +274,24 @@ def test_background_parts_and_data_split_are_one_line_errors(tmp_path, demo_fram
     assert main(["inject", "--config", str(cfg), "--signal", str(sig), "--background-parts", "4",
                  "--out", str(tmp_path / "o3"), "--no-progress"]) == 2
     assert "drop data.split" in capsys.readouterr().err
+
+
+def test_background_pulls_random_control_cuts_the_points_events_on_random_scores(scan):
+    """benchmarks/background_pulls.py --random N: each background-only point's own events, cut at
+    the scan's efficiencies on N random scores, give pulls near 0 (the fit's own calibration)."""
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("background_pulls",
+                                                  Path(__file__).resolve().parents[1] / "benchmarks" / "background_pulls.py")
+    bp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bp)
+    out, _ = scan
+    docs = bp.background_points([out])
+    assert len(docs) == 2
+    rows = bp.random_control(docs, 4)
+    assert [(r["window"], r["selection"], r["n_tests"]) for r in rows] == [("3300-3700", 0.1, 8), ("3300-3700", 0.02, 8)]
+    for r in rows:
+        assert math.isfinite(r["pull_mean"]) and abs(r["pull_mean"]) < 3 * r["pull_sd"] / math.sqrt(8) + 0.5
+        assert 0.3 < r["pull_sd"] < 2.5
