@@ -54,6 +54,8 @@ CANONICAL_COLUMNS = [
     "pt_j2",
     "eta_j1",
     "eta_j2",
+    "mj1_over_mjj",
+    "delta_mj_over_mjj",
 ]
 #: Columns usable as detector inputs (everything except mjj).
 FEATURE_COLUMNS = [c for c in CANONICAL_COLUMNS if c != "mjj"]
@@ -132,6 +134,10 @@ def events_from_jets(
     with np.errstate(divide="ignore", invalid="ignore"):
         out["eta_j1"] = np.arcsinh(_ratio(pza, out["pt_j1"]))
         out["eta_j2"] = np.arcsinh(_ratio(pzb, out["pt_j2"]))
+    # jet masses in units of m_jj: inputs whose pass rate varies less across an SR and its
+    # sidebands than mj1 and delta_mj do (docs/detectors.md, calibration over independent samples)
+    out["mj1_over_mjj"] = _ratio(mlight, mjj)
+    out["delta_mj_over_mjj"] = _ratio(out["delta_mj"], mjj)
     cols = {c: out[c].astype(np.float32) for c in CANONICAL_COLUMNS}
     for stem in EXTENDED_STEMS:
         if f"{stem}j1" in j:

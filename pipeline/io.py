@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "lhco-features", "lhco-raw", "root")
 #: Bumped when the reader accepts or rejects different files, so stale caches are not reused.
-#: 3: extra numeric columns of the file are carried into the table.
-READER_VERSION = 3
+#: 3: extra numeric columns of the file are carried into the table. 4: mj1_over_mjj, delta_mj_over_mjj.
+READER_VERSION = 4
 #: A median mjj above this (GeV) means the file is almost surely in MeV.
 MEV_SUSPICION_GEV = 50_000.0
 

@@ -26,6 +26,9 @@ def test_jets_are_ordered_by_mass():
     lighter_is_2 = jets["mj2"] < jets["mj1"]
     expect = np.where(lighter_is_2, jets["tau2j2"] / jets["tau1j2"], jets["tau2j1"] / jets["tau1j1"])
     np.testing.assert_allclose(ev["tau21_j1"], expect, rtol=1e-5)
+    # the jet masses in units of m_jj (inputs whose pass rate varies less with m_jj)
+    np.testing.assert_allclose(ev["mj1_over_mjj"], ev["mj1"] / ev["mjj"], rtol=1e-5)
+    np.testing.assert_allclose(ev["delta_mj_over_mjj"], ev["delta_mj"] / ev["mjj"], rtol=1e-4, atol=1e-6)
 
 
 def test_zero_tau1_gives_nan_not_inf():
