@@ -84,9 +84,10 @@ def pool_scans(results: list[dict], names: list[str]) -> dict:
     for i, res in enumerate(results):
         level_of = {}
         for plan in res.get("signals", []):
-            if plan.get("levels"):
-                counts = sorted(set(plan["counts"]))
-                level_of.update({(Path(plan["signal"]).name, c): lv for c, lv in zip(counts, sorted(plan["levels"]))})
+            if plan.get("levels") and plan.get("b_sr"):
+                for c in plan["counts"]:  # the plan's level nearest to count x f_SR / sqrt(B_SR)
+                    x = c * plan["f_sr"] / plan["b_sr"] ** 0.5
+                    level_of[(Path(plan["signal"]).name, c)] = min(plan["levels"], key=lambda lv: abs(lv - x))
         for p in res["points"]:
             q = dict(p)
             key = (Path(p["signal"]).name, level_of.get((Path(p["signal"]).name, p["n_inject"])))

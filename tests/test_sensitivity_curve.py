@@ -199,7 +199,8 @@ def test_pooled_scans_group_by_level_and_count_each_scans_parts_as_samples(tmp_p
         pts = [{"signal": "/d/sig.h5", "n_inject": n, "seed": k, "background_part": [k, 2], "s_over_sqrt_b": x,
                 "detectors": {"cwola": {"z_best": 3 * x + shift, "z_global": 2.5 * x + shift}}}
                for n, x in zip(counts, (0.0, 1.0, 2.0)) for k in range(2)]
-        return {"points": pts, "signals": [{"signal": "/d/sig.h5", "counts": counts, "levels": [0.0, 1.0, 2.0]}],
+        plan = {"signal": "/d/sig.h5", "counts": counts, "levels": [0.0, 1.0, 2.0], "f_sr": 0.7, "b_sr": 4200}
+        return {"points": pts, "signals": [plan],
                 "sensitivity": {"look_elsewhere": {"n_tests": n_tests}, "band": "b"}}
 
     pooled = sc.pool_scans([scan([0, 91, 183], 0.0), scan([0, 92, 184], 0.2)], ["a", "b"])
