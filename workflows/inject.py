@@ -31,7 +31,7 @@ import numpy as np
 
 from sideband.detectors.base import load_detector_class
 from sideband.pipeline.cache import cache_key, write_json
-from sideband.pipeline.config import Config, InjectConfig, SplitConfig
+from sideband.pipeline.config import Config, InjectConfig, SplitConfig, config_from_dict
 from sideband.pipeline.exceptions import SidebandUserError
 from sideband.pipeline.graph import Graph, Node, Ref
 from sideband.pipeline.regions import Window, scan_windows
@@ -272,10 +272,12 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
         raise SidebandUserError(f"--background-parts {background_parts}: must be >= 1 (1: the whole file every seed)")
     if levels and any(not lv >= 0 for lv in levels):
         raise SidebandUserError(f"--levels {','.join(map(str, levels))}: S/sqrt(B) levels must be >= 0")
-    # the command line's choices become the config's, so that inject_results.json records what ran
+    # the command line's choices become the config's, so that inject_results.json records what ran; the
+    # whole config is validated again, so its cross-section checks (data.split with background_parts) see them
     given = {"counts": counts, "seeds": seeds, "signals": signals, "levels": levels, "background_parts": background_parts}
-    cfg = cfg.model_copy(update={"injection": cfg.injection.model_validate(
-        cfg.injection.model_dump() | {k: v for k, v in given.items() if v is not None})})
+    raw = cfg.to_dict()
+    raw["injection"] |= {k: v for k, v in given.items() if v is not None}
+    cfg = config_from_dict(raw, "injection scan")
     inj = cfg.injection
     counts = list(inj.counts)
     n_seeds = inj.seeds
@@ -286,9 +288,6 @@ def run_injection(cfg: Config, out_dir: str | Path, *, counts: list[int] | None 
         if not Path(s).exists():
             raise SidebandUserError(f"{s}: no such signal file; check --signal")
     parts = inj.background_parts
-    if parts > 1 and cfg.data.split is not None:
-        raise SidebandUserError(f"--background-parts {parts} splits the background per seed itself; drop data.split "
-                                "from the config (or leave --background-parts out)")
     if parts > 1 and n_seeds > parts:
         log.warning("injection.seeds %d > injection.background_parts %d: seeds %d.. reuse the parts' events, so only "
                     "%d background samples are independent", n_seeds, parts, parts + 1, parts)
