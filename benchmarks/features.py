@@ -37,7 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sensitivity import benchmark_split, fit_and_score, load_benchmark_data  # noqa: E402
+from sensitivity import benchmark_split, detector_features, fit_and_score, load_benchmark_data  # noqa: E402
 
 from sideband.pipeline.config import DEFAULT_CONFIG, load_config  # noqa: E402
 from sideband.pipeline.metrics import summarise_seeds  # noqa: E402
@@ -108,13 +108,20 @@ def run(args) -> tuple[list[dict], list[dict], dict]:
     names = [n for n in args.detectors.split(",") if n]
     data = load_benchmark_data(d, args.signal, args.cache)
     rows, counts = [], {}
-    meta = {"features": list(cfg.features), "signal_region": [lo, hi]}
+    # Each detector on its own inputs (detectors.<name>.features, else features; the idealized
+    # detector, not among the config's detectors, on features), the same injected events in each.
+    feats = {name: detector_features(cfg, name) for name in names}
+    meta = {"features": list(cfg.features), "detector_features": feats, "signal_region": [lo, hi]}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        split = benchmark_split(seed, cfg, *data, n_inject=args.n_inject)
-        counts = {"n_signal_sr": split["n_signal_sr"], "n_background_sr": split["n_background_sr"]}
-        variants = {"baseline": split, "noise": add_noise(split, args.n_noise, seed)}
-        variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
+        splits = {}
         for name in names:
+            key = tuple(feats[name])
+            if key not in splits:
+                split = benchmark_split(seed, cfg, *data, n_inject=args.n_inject, features=list(key))
+                splits[key] = {"baseline": split, "noise": add_noise(split, args.n_noise, seed)}
+            split = splits[key]["baseline"]
+            counts = {"n_signal_sr": split["n_signal_sr"], "n_background_sr": split["n_background_sr"]}
+            variants = {k: v for k, v in splits[key].items() if k in args.variants.split(",")}
             params = detector_params(cfg, name, args.flow_epochs)
             for variant, sp in variants.items():
                 row = fit_and_score(name, params, sp, seed=seed, min_background=args.min_background)
@@ -159,6 +166,7 @@ def print_table(args, table, meta):
     c = meta["counts"]
     print(f"\nn_inject = {args.n_inject}: SR holds {c['n_signal_sr']} signal on {c['n_background_sr']} background; "
           f"{args.seeds} seed(s); baseline features {meta['features']} + {args.n_noise} N(0,1) noise features"
+          + "".join(f"; {n}: {f}" for n, f in (meta.get("detector_features") or {}).items() if f != meta["features"])
           + (f"; CATHODE flow epochs capped at {args.flow_epochs}" if args.flow_epochs else ""))
     head = (f"{'detector':<10} {'max SIC baseline':>24} {'max SIC with noise':>24} {'ratio':>6} {'per seed':>8}  "
             f"{'AUC base/noise':>14}  wall s")

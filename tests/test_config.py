@@ -36,6 +36,28 @@ def test_the_demo_config_is_a_lighter_scan():
     assert set(demo.enabled_detectors()) == {"cwola", "cathode", "autoencoder"}
 
 
+def test_cwola_trains_on_jet_masses_in_units_of_mjj_the_other_detectors_on_the_shared_inputs():
+    """The default and demo searches give CWoLa the mjj-scaled masses (docs/detectors.md: its
+    selections then follow the sidebands' fit); CATHODE and the autoencoder keep ``features``."""
+    from sideband.pipeline.config import CWOLA_FEATURES, DEMO_CONFIG
+    from sideband.workflows.search_graph import _spec
+
+    for cfg in (load_config(), load_config(DEMO_CONFIG)):
+        assert _spec(cfg, "cwola", "cpu", "fit")[0].features == CWOLA_FEATURES
+        for name in ("cathode", "autoencoder"):
+            assert _spec(cfg, name, "cpu", "fit")[0].features == ("mj1", "delta_mj", "tau21_j1", "tau21_j2")
+    # benchmarks measure the same inputs (benchmarks/sensitivity.py, features.py)
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from sensitivity import detector_features
+
+    cfg = load_config()
+    assert tuple(detector_features(cfg, "cwola")) == CWOLA_FEATURES
+    assert detector_features(cfg, "idealized") == list(cfg.features)
+
+
 def test_unknown_key_and_wrong_type_are_listed():
     with pytest.raises(ConfigError) as err:
         config_from_dict({"seed": "x", "regions": {"signal_regoin": [3300, 3700]}})
