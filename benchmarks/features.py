@@ -37,7 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sensitivity import benchmark_split, detector_features, fit_and_score, load_benchmark_data  # noqa: E402
+from sensitivity import benchmark_split, fit_and_score, load_benchmark_data  # noqa: E402
 
 from sideband.pipeline.config import DEFAULT_CONFIG, load_config  # noqa: E402
 from sideband.pipeline.metrics import summarise_seeds  # noqa: E402
@@ -110,7 +110,7 @@ def run(args) -> tuple[list[dict], list[dict], dict]:
     rows, counts = [], {}
     # Each detector on its own inputs (detectors.<name>.features, else features; the idealized
     # detector, not among the config's detectors, on features), the same injected events in each.
-    feats = {name: detector_features(cfg, name) for name in names}
+    feats = {name: list(cfg.detector_features(name)) for name in names}
     meta = {"features": list(cfg.features), "detector_features": feats, "signal_region": [lo, hi]}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         splits = {}

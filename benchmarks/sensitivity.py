@@ -109,18 +109,12 @@ def fit_and_score(name, params, split, *, seed, min_background):
     return {"max_sic": curve.max_sic, "auc": curve.auc, "sic_at_0.2": curve.sic_at(0.2), "wall_s": wall, **info}
 
 
-def detector_features(cfg, name: str) -> list[str]:
-    """The inputs of detector ``name``: its own ``features`` if configured, else the config's."""
-    det = cfg.detectors.get(name)
-    return list(det.features) if det is not None and det.features else list(cfg.features)
-
-
 def one_seed(seed, args, cfg, data, names):
     bkg, sig, extra = data
     splits: dict[tuple, dict] = {}  # one split per input set; the same injected events in each (same seed)
     rows = []
     for name in names:
-        feats = tuple(detector_features(cfg, name))
+        feats = cfg.detector_features(name)
         if feats not in splits:
             splits[feats] = benchmark_split(seed, cfg, bkg, sig, extra, n_inject=args.n_inject, features=list(feats))
         split = splits[feats]

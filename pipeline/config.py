@@ -368,6 +368,12 @@ class Config(_Strict):
     def enabled_detectors(self) -> dict[str, DetectorConfig]:
         return {n: d for n, d in self.detectors.items() if d.enabled}
 
+    def detector_features(self, name: str) -> tuple[str, ...]:
+        """The inputs of detector ``name``: its own ``features`` if set, else the config's
+        (also for a name not among ``detectors``, e.g. a benchmark's idealized detector)."""
+        det = self.detectors.get(name)
+        return tuple(det.features if det is not None and det.features else self.features)
+
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 

@@ -46,16 +46,10 @@ def test_cwola_trains_on_jet_masses_in_units_of_mjj_the_other_detectors_on_the_s
         assert _spec(cfg, "cwola", "cpu", "fit")[0].features == CWOLA_FEATURES
         for name in ("cathode", "autoencoder"):
             assert _spec(cfg, name, "cpu", "fit")[0].features == ("mj1", "delta_mj", "tau21_j1", "tau21_j2")
-    # benchmarks measure the same inputs (benchmarks/sensitivity.py, features.py)
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from sensitivity import detector_features
-
+    # the benchmarks (benchmarks/sensitivity.py, features.py) ask the same method
     cfg = load_config()
-    assert tuple(detector_features(cfg, "cwola")) == CWOLA_FEATURES
-    assert detector_features(cfg, "idealized") == list(cfg.features)
+    assert cfg.detector_features("cwola") == CWOLA_FEATURES
+    assert cfg.detector_features("idealized") == tuple(cfg.features)
 
 
 def test_unknown_key_and_wrong_type_are_listed():

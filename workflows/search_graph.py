@@ -63,7 +63,7 @@ def _spec(cfg: Config, name: str, device: str, stage: str) -> tuple[DetectorSpec
     gpu = device != "cpu" and cls.uses_torch(params, stage) and wanted
     if "device" in cls.Params.model_fields:
         params["device"] = device if gpu else "cpu"
-    spec = DetectorSpec(name=name, params=params, features=tuple(det.features or cfg.features), n_folds=det.folds,
+    spec = DetectorSpec(name=name, params=params, features=cfg.detector_features(name), n_folds=det.folds,
                         threads=cfg.compute.threads_per_worker)
     return spec, ({"GPU": 1} if gpu else None)
 
@@ -78,8 +78,8 @@ def _stage_nodes(g: Graph, cfg: Config, table: Ref, windows: list[Window], name:
     det = cfg.detectors[name]
     if not cls.has_sideband_stage(det.params):
         return {}
-    feats = list(det.features or cfg.features)
     pspec, pgpu = _spec(cfg, name, device, "sidebands")
+    feats = list(pspec.features)
     groups = stage_groups(windows) if det.shared_stage else [(w,) for w in windows]
     stages = {}
     for grp in groups:
@@ -104,8 +104,8 @@ def _detector_nodes(g: Graph, cfg: Config, table: Ref, w: Window, name: str, *, 
     ``template`` (its load node and content hash)."""
     cls = load_detector_class(name)
     det = cfg.detectors[name]
-    feats = list(det.features or cfg.features)
     spec, gpu = _spec(cfg, name, device, "fit")
+    feats = list(spec.features)
     # A signal template is scored by the fold models, so every detector's folds are asked to keep them
     # (train_fold saves a model wherever it gets a model_path); the key says so, a cached fold without
     # models is not reused. The stage's key is part of the folds' own: a stage that changes (its device,
