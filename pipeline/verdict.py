@@ -30,6 +30,11 @@ summary and ``report.html``. Its rules:
   the excess pulls the estimate towards it; the SR width bounds the resolution.
 * **Fitted signal** (:func:`fitted_signal`): n_observed_sr - n_expected_sr, with uncertainty
   sqrt(n_observed_sr + n_expected_sr_unc^2), in the best test's SR.
+* **The other detectors in the same SR** (:func:`other_detectors`): for an excess, each other
+  search detector's largest local Z among its usable tests of the best test's SR, so that an
+  excess seen by one detector alone reads as such (an excess in one detector's loose selection
+  only, such as one-flow CATHODE's 10% selection on background, docs/detectors.md, is weaker
+  evidence than one that a second method sees too).
 * **Fit quality.** Every usable test whose sideband fit has ``fit.p_value`` < 0.01
   (:data:`FIT_P_MIN`) is listed ("N sideband fits with p < 0.01: ..."); when the best test is
   one of them, its parenthesis says so.
@@ -44,7 +49,8 @@ from __future__ import annotations
 import math
 
 __all__ = ["verdict", "best_test", "searches", "confidence_level", "problem", "observed_z", "poor_fit", "short_label",
-           "mass_text", "estimated_mass", "fitted_signal", "z_global_text", "window_summary", "FIT_P_MIN", "Z_EXCESS"]
+           "mass_text", "estimated_mass", "fitted_signal", "other_detectors", "z_global_text", "window_summary",
+           "FIT_P_MIN", "Z_EXCESS"]
 
 FIT_P_MIN = 0.01  #: sideband fits with a chi2 p-value below this are flagged (here and in results' flags)
 Z_EXCESS = 3.0  #: global Z from which the verdict reads "Excess at ..."
@@ -147,6 +153,19 @@ def estimated_mass(rows: list[dict], best: dict) -> float:
     return sum(wi * 0.5 * (r["sr"][0] + r["sr"][1]) for wi, r in zip(w, near)) / sum(w)
 
 
+def other_detectors(rows: list[dict], best: dict) -> list[dict]:
+    """Per other search detector, its usable test of the best test's SR with the largest local Z
+    (most significant first; the inclusive spectrum is not a detector)."""
+    top: dict[str, dict] = {}
+    for r in rows:
+        if (r["detector"] in ("none", best["detector"]) or list(r["sr"]) != list(best["sr"])
+                or problem(r) is not None):
+            continue
+        if r["detector"] not in top or r["z_local"] > top[r["detector"]]["z_local"]:
+            top[r["detector"]] = r
+    return sorted(top.values(), key=lambda r: -r["z_local"])
+
+
 def fitted_signal(row: dict) -> tuple[float, float]:
     """Observed minus expected SR events and its uncertainty sqrt(n_obs + sigma_b^2)."""
     n, b, sb = row["n_observed_sr"], row["n_expected_sr"], row.get("n_expected_sr_unc") or 0.0
@@ -237,6 +256,10 @@ def verdict(doc: dict) -> str:
                                                    else "no global Z computed")
         head = (f"Excess at {mass_text(best)}: {z} ({_where(best)}); fitted signal {s:.0f} ± {ds:.0f} events "
                 f"in the SR, estimated resonance mass {mass / 1000:.3g} TeV")
+        others = other_detectors(rows, best)
+        if others:
+            head += "; in the same SR " + ", ".join(
+                f"{r['detector']} local Z {r['z_local']:.1f} ({100 * float(r['selection']):.3g}%)" for r in others)
     elif has_global:
         head = f"No significant excess: largest global Z {z_global_text(best)} ({_where(best)})"
     else:

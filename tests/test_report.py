@@ -166,6 +166,23 @@ def test_verdict_names_the_excess_its_mass_and_signal():
     assert "supervised" not in text and text.endswith(".") and "\n" not in text
 
 
+def test_verdict_says_what_the_other_detectors_read_in_the_excess_sr():
+    # An excess one detector alone sees reads differently from one a second method confirms:
+    # the sentence gives each other search detector's largest local Z in the same SR.
+    doc = _doc()
+    text = verdict(doc)
+    assert "estimated resonance mass 3.66 TeV; in the same SR cathode local Z 0.3 (1%);" in text
+    _find(doc["results"], "cathode", 0.1, "3500-3900").update(z_local=4.2, z_global=2.5)
+    _find(doc["results"], "cathode", 0.01, "3300-3700").update(z_local=7.0)  # another SR: not this excess's
+    text = verdict(doc)
+    assert "; in the same SR cathode local Z 4.2 (10%);" in text
+    assert "supervised" not in text  # a ceiling (local Z 9.0 in this SR) never corroborates
+    _find(doc["results"], "cathode", 0.1, "3500-3900").update(status="fit not converged")
+    assert "in the same SR cathode local Z 0.3 (1%);" in verdict(doc)  # unusable tests do not count
+    doc["results"] = [r for r in doc["results"] if r["detector"] != "cathode"]
+    assert "in the same SR" not in verdict(doc)  # one detector: nothing to compare with
+
+
 def test_verdict_below_threshold_says_no_significant_excess():
     doc = _doc()
     ex = _find(doc["results"], *EXCESS)
