@@ -305,10 +305,9 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _semantics(self):
         problems = []
-        # Features: any column of the event table, including a column the input file carries
-        # beyond the standard layout. Names outside FEATURE_COLUMNS are checked here against the
-        # headers of the input files that exist on this machine (no events read); the tables
-        # are checked again when loaded (sideband.pipeline.io.check_features).
+        # Features: any column of the event table, including a column the input file carries beyond the
+        # standard layout. Names outside FEATURE_COLUMNS are checked here against the headers of the input
+        # files that exist on this machine (no events read); the tables are checked again when loaded.
         for where, feats in [("features", self.features)] + [
             (f"detectors.{n}.features", d.features) for n, d in self.detectors.items() if d.features
         ]:
@@ -317,6 +316,8 @@ class Config(_Strict):
             for name, why in (("mjj", "it defines the regions"), ("label", "it is the truth")):
                 if name in feats:
                     problems.append(f"{where}: {name} cannot be a detector input ({why})")
+            for x in (f[:-9] for f in feats if f.endswith("_over_mjj") and f[:-9] in feats):  # 9: len("_over_mjj")
+                problems.append(f"{where}: {x} and {x}_over_mjj together give mjj, which defines the regions; keep one")
             if len(set(feats)) < len(feats):
                 problems.append(f"{where}: {sorted({f for f in feats if feats.count(f) > 1})} listed twice")
             unknown = [f for f in feats if f not in FEATURE_COLUMNS and f not in ("mjj", "label")]

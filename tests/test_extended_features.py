@@ -98,9 +98,12 @@ def test_config_accepts_a_file_column_and_names_the_key_and_columns_otherwise(tm
         config_from_dict({"features": ["my_var"], "data": {"path": str(path), "inject": {"path": str(sig),
                                                                                          "n_events": 5}}})
     for bad, words in ((["mjj"], "defines the regions"), (["label"], "is the truth"), ([], "empty"),
-                       (["mj1", "mj1"], "listed twice")):
+                       (["mj1", "mj1"], "listed twice"),
+                       (["mj1", "tau21_j1", "mj1_over_mjj"], r"mj1 and mj1_over_mjj together give mjj")):
         with pytest.raises(ConfigError, match=words):
             config_from_dict({"features": bad})
+    with pytest.raises(ConfigError, match=r"detectors\.cwola\.features: delta_mj and delta_mj_over_mjj together"):
+        config_from_dict({"detectors": {"cwola": {"features": ["delta_mj", "delta_mj_over_mjj", "tau21_j1"]}}})
 
 
 def test_load_time_check_names_features_and_the_columns_available(tmp_path):
