@@ -37,7 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sensitivity import benchmark_split, fit_and_score, load_benchmark_data  # noqa: E402
+from sensitivity import fit_and_score, load_benchmark_data, splits_by_detector  # noqa: E402
 
 from sideband.pipeline.config import DEFAULT_CONFIG, load_config  # noqa: E402
 from sideband.pipeline.metrics import summarise_seeds  # noqa: E402
@@ -113,15 +113,15 @@ def run(args) -> tuple[list[dict], list[dict], dict]:
     feats = {name: list(cfg.detector_features(name)) for name in names}
     meta = {"features": list(cfg.features), "detector_features": feats, "signal_region": [lo, hi]}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        splits = {}
+        splits = splits_by_detector(seed, cfg, data, names, n_inject=args.n_inject)
+        noisy: dict[int, dict] = {}  # the noise variant, once per split (detectors on the same inputs share one)
         for name in names:
-            key = tuple(feats[name])
-            if key not in splits:
-                split = benchmark_split(seed, cfg, *data, n_inject=args.n_inject, features=list(key))
-                splits[key] = {"baseline": split, "noise": add_noise(split, args.n_noise, seed)}
-            split = splits[key]["baseline"]
+            split = splits[name]
+            if id(split) not in noisy:
+                noisy[id(split)] = add_noise(split, args.n_noise, seed)
             counts = {"n_signal_sr": split["n_signal_sr"], "n_background_sr": split["n_background_sr"]}
-            variants = {k: v for k, v in splits[key].items() if k in args.variants.split(",")}
+            variants = {k: v for k, v in (("baseline", split), ("noise", noisy[id(split)]))
+                        if k in args.variants.split(",")}
             params = detector_params(cfg, name, args.flow_epochs)
             for variant, sp in variants.items():
                 row = fit_and_score(name, params, sp, seed=seed, min_background=args.min_background)

@@ -109,15 +109,21 @@ def fit_and_score(name, params, split, *, seed, min_background):
     return {"max_sic": curve.max_sic, "auc": curve.auc, "sic_at_0.2": curve.sic_at(0.2), "wall_s": wall, **info}
 
 
+def splits_by_detector(seed, cfg, data, names, *, n_inject) -> dict[str, dict]:
+    """Each detector's :func:`benchmark_split` on its own inputs (``cfg.detector_features``): one
+    split per distinct input set, shared by the detectors that use it; the same injected events
+    in each (same seed)."""
+    by_inputs: dict[tuple, dict] = {}
+    for feats in dict.fromkeys(cfg.detector_features(name) for name in names):
+        by_inputs[feats] = benchmark_split(seed, cfg, *data, n_inject=n_inject, features=list(feats))
+    return {name: by_inputs[cfg.detector_features(name)] for name in names}
+
+
 def one_seed(seed, args, cfg, data, names):
-    bkg, sig, extra = data
-    splits: dict[tuple, dict] = {}  # one split per input set; the same injected events in each (same seed)
+    splits = splits_by_detector(seed, cfg, data, names, n_inject=args.n_inject)
     rows = []
     for name in names:
-        feats = cfg.detector_features(name)
-        if feats not in splits:
-            splits[feats] = benchmark_split(seed, cfg, bkg, sig, extra, n_inject=args.n_inject, features=list(feats))
-        split = splits[feats]
+        split = splits[name]
         row = fit_and_score(name.removesuffix("_long"), cfg.detectors[name].params, split, seed=seed,
                             min_background=args.min_background)
         rows.append({"seed": seed, "detector": name, **row})
