@@ -31,10 +31,14 @@ class ClassifierParams(DetectorParams):
     mlp_params: dict[str, Any] | None = None
 
 
-def _balanced_weights(y: np.ndarray) -> np.ndarray:
-    n1 = max(int(y.sum()), 1)
-    n0 = max(int(len(y) - y.sum()), 1)
-    return np.where(y > 0.5, len(y) / (2.0 * n1), len(y) / (2.0 * n0))
+def _balanced_weights(y: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Event weights giving each class a total weight of half the events; within a class
+    the events keep the ratios of ``sample_weight`` (all equal without it)."""
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    pos = y > 0.5
+    w1 = max(float(w[pos].sum()), 1e-12)
+    w0 = max(float(w[~pos].sum()), 1e-12)
+    return np.where(pos, w * len(y) / (2.0 * w1), w * len(y) / (2.0 * w0))
 
 
 class ClassifierEnsemble:
@@ -53,11 +57,11 @@ class ClassifierEnsemble:
         self.members_: list = []
         self.history_: list[dict] = []
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "ClassifierEnsemble":
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "ClassifierEnsemble":
         y = np.asarray(y, dtype=np.float32)
         if len(np.unique(y)) < 2:
             raise ValueError("classifier training needs events of both classes")
-        w = _balanced_weights(y)
+        w = _balanced_weights(y, sample_weight)
         rng = np.random.default_rng(self.random_state)
         seeds = rng.integers(0, 2**31 - 1, size=self.n_ensemble)
         self.members_ = []
@@ -178,11 +182,11 @@ class ClassifierDetector:
         self.device = device
         self.random_state = random_state
 
-    def _fit_classifier(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit_classifier(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         seed = 0 if self.random_state is None else int(self.random_state)
         self.classifier_ = ClassifierEnsemble(self.model, self.n_ensemble, random_state=seed,
                                               hgb_params=self.hgb_params, mlp_params=self.mlp_params,
-                                              device=self.device).fit(X, y)
+                                              device=self.device).fit(X, y, sample_weight)
 
     def training_log(self):
         """Validation loss per ensemble member (boosting iterations or epochs)."""

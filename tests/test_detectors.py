@@ -216,3 +216,55 @@ def test_boosted_tree_validation_loss_is_a_loss():
     ens = ClassifierEnsemble(model="hgb", n_ensemble=1, random_state=0, hgb_params={"max_iter": 30}).fit(X, y)
     curve = ens.history_[0]["validation_loss"]
     assert curve[0] == pytest.approx(np.log(2), abs=0.02) and min(curve) < curve[0] - 0.05
+
+
+def _trend_data(n, seed, signal_fraction=0.0):
+    """A steep spectrum (most sideband events above a low SR, as in the scan's lowest window)
+    and a feature that rises with mjj in the background; optional signal in the SR, shifted
+    in another feature."""
+    rng = np.random.default_rng(seed)
+    m = 2800 + rng.exponential(600, n)
+    m = m[m < 6000]
+    X = rng.normal(size=(len(m), 3)).astype(np.float32)
+    X[:, 0] += 0.3 * (m - 3000) / 400  # the trend: 0.3 sigma per 400 GeV (a weak one)
+    signal = (m >= 2910) & (m < 3290) & (rng.random(len(m)) < signal_fraction)
+    X[signal, 1] += 2.5
+    return X, m, signal
+
+
+def test_cwola_balanced_sidebands_unlearn_the_mass_trend_but_keep_the_signal():
+    from sklearn.metrics import roc_auc_score
+
+    sr = (2910, 3290)
+    X, m, _ = _trend_data(20000, 1)
+    Xt, mt, _ = _trend_data(20000, 2)  # unseen background
+    in_sr = (mt >= sr[0]) & (mt < sr[1])
+    auc = {}
+    for balance in (False, True):
+        det = make_detector("cwola", _HGB | {"hgb_params": {"max_iter": 50}, "balance_sidebands": balance},
+                            random_state=0).fit(X, m, signal_region=sr)
+        auc[balance] = roc_auc_score(in_sr, det.score(Xt))
+    # equal weights: the sidebands lie above the SR, the classifier learns 'lower X0 = SR'
+    assert auc[False] > 0.56, auc
+    assert abs(auc[True] - 0.5) < 0.02, auc
+    # power: a signal in the SR is still found with the balanced weights
+    Xs, ms, signal = _trend_data(20000, 3, signal_fraction=0.1)
+    det = make_detector("cwola", _HGB | {"hgb_params": {"max_iter": 50}, "balance_sidebands": True},
+                        random_state=0).fit(Xs, ms, signal_region=sr)
+    s = det.score(Xs)
+    assert roc_auc_score(signal[(ms >= sr[0]) & (ms < sr[1])], s[(ms >= sr[0]) & (ms < sr[1])]) > 0.8
+
+
+def test_cwola_balanced_sidebands_with_one_side_keep_equal_weights(caplog):
+    from sideband.detectors.cwola import balanced_sideband_weights
+
+    m = np.array([3000.0, 3100.0, 3400.0, 3500.0])
+    assert balanced_sideband_weights(m, (2900, 3300)) is None  # nothing below the SR
+    w = balanced_sideband_weights(np.array([2850.0, 2860.0, 3000.0, 3600.0]), (2900, 3300))
+    assert np.average([2850, 2860, 3600], weights=w[[0, 1, 3]]) == pytest.approx(3000.0)
+    assert w[[0, 1, 3]].sum() == pytest.approx(3.0) and w[2] == 1.0
+    with caplog.at_level("WARNING"):
+        make_detector("cwola", _HGB | {"balance_sidebands": True}, random_state=0).fit(
+            np.random.default_rng(0).normal(size=(200, 2)), np.linspace(2950, 3600, 200),
+            signal_region=(2900, 3300))
+    assert "one side only" in caplog.text
