@@ -166,7 +166,6 @@ class StatsConfig(_Strict):
 SCAN_FLOW = {"n_transforms": 4, "hidden": 96, "n_bins": 8, "epochs": 100, "batch_size": 4096, "lr": 0.003,
              "patience": 10, "n_average": 3}
 
-
 #: CWoLa's default inputs: the jet masses in units of mjj. Trained to tell the SR from its
 #: sidebands, CWoLa learns the masses' rise with mjj; with these its selections read +2.7%
 #: instead of +7.0% above the fit on 20 independent background samples at 1/10 statistics,
@@ -292,7 +291,8 @@ class Config(_Strict):
     stats: StatsConfig = Field(default_factory=StatsConfig)
     detectors: dict[str, DetectorConfig] = Field(
         default_factory=lambda: {
-            "cwola": DetectorConfig(features=list(CWOLA_FEATURES), params={"model": "hgb", "n_ensemble": 5}),
+            "cwola": DetectorConfig(features=list(CWOLA_FEATURES),
+                                    params={"model": "hgb", "n_ensemble": 5, "balance_sidebands": True}),
             "cathode": DetectorConfig(params={"model": "hgb", "n_ensemble": 5, "oversampling": 4.0,
                                               "flow_params": dict(SCAN_FLOW)}),
             "autoencoder": DetectorConfig(params={"hidden": [16], "latent": 2, "train_on": "sidebands"}),
